@@ -1,0 +1,71 @@
+// Host tunables (SPEC §3.4, §4), from `GANTRY_*` config with the spec's defaults.
+import { Config, Context, Effect, Layer } from "effect"
+
+export interface HostOptionsShape {
+  readonly instanceId: string
+  readonly hostVersion: string
+  readonly callTimeoutMs: number
+  readonly initializeTimeoutMs: number
+  readonly jobTimeoutMs: number
+  readonly healthIntervalMs: number
+  readonly healthFailureLimit: number
+  readonly restartBaseMs: number
+  readonly restartMaxMs: number
+  readonly crashLimit: number
+  readonly crashWindowMs: number
+  readonly sigtermGraceMs: number
+  readonly defaultShutdownTimeoutMs: number
+  /** Extra execArgv for worker processes (tests use it for coverage etc.). */
+  readonly workerExecArgv: ReadonlyArray<string>
+  /** The whole environment a worker gets besides GANTRY_PLUGIN_ID: PATH, NODE_ENV, TZ only. */
+  readonly workerEnv: Readonly<Record<string, string>>
+}
+
+export const HOST_VERSION = "0.1.0"
+
+export const defaults: HostOptionsShape = {
+  instanceId: "local",
+  hostVersion: HOST_VERSION,
+  callTimeoutMs: 30_000,
+  initializeTimeoutMs: 15_000,
+  jobTimeoutMs: 5 * 60_000,
+  healthIntervalMs: 30_000,
+  healthFailureLimit: 3,
+  restartBaseMs: 1_000,
+  restartMaxMs: 5 * 60_000,
+  crashLimit: 10,
+  crashWindowMs: 10 * 60_000,
+  sigtermGraceMs: 5_000,
+  defaultShutdownTimeoutMs: 10_000,
+  workerExecArgv: [],
+  workerEnv: { PATH: "/usr/local/bin:/usr/bin:/bin", NODE_ENV: "production", TZ: "UTC" }
+}
+
+/** PATH, NODE_ENV and TZ of the host, the only variables a worker inherits. */
+const workerEnvConfig = Effect.gen(function* () {
+  const PATH = yield* Config.string("PATH").pipe(Config.withDefault(defaults.workerEnv.PATH!))
+  const NODE_ENV = yield* Config.string("NODE_ENV").pipe(Config.withDefault("production"))
+  const TZ = yield* Config.string("TZ").pipe(Config.withDefault("UTC"))
+  return { PATH, NODE_ENV, TZ }
+}).pipe(Effect.orDie)
+
+export class HostOptions extends Context.Tag("gantry/HostOptions")<HostOptions, HostOptionsShape>() {
+  static readonly layer = (overrides: Partial<HostOptionsShape> = {}) =>
+    Layer.effect(HostOptions, Effect.map(workerEnvConfig, (workerEnv) => ({ ...defaults, workerEnv, ...overrides })))
+
+  static readonly layerConfig = Layer.effect(
+    HostOptions,
+    Effect.gen(function* () {
+      const int = (name: string, d: number) => Config.integer(name).pipe(Config.withDefault(d))
+      return {
+        ...defaults,
+        workerEnv: yield* workerEnvConfig,
+        instanceId: yield* Config.string("GANTRY_INSTANCE_ID").pipe(Config.withDefault(defaults.instanceId)),
+        callTimeoutMs: yield* int("GANTRY_CALL_TIMEOUT_MS", defaults.callTimeoutMs),
+        healthIntervalMs: yield* int("GANTRY_HEALTH_INTERVAL_MS", defaults.healthIntervalMs),
+        restartBaseMs: yield* int("GANTRY_RESTART_BASE_MS", defaults.restartBaseMs),
+        crashLimit: yield* int("GANTRY_CRASH_LIMIT", defaults.crashLimit)
+      }
+    })
+  )
+}

@@ -1,0 +1,6 @@
+export * from "./errors.js"
+export * from "./capabilities.js"
+export * from "./manifest.js"
+export * from "./methods.js"
+export * from "./envelope.js"
+export * from "./events.js"

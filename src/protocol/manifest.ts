@@ -1,0 +1,210 @@
+// The plugin manifest (SPEC §1): its type and a validator that reports every problem with its path.
+import { Either } from "effect"
+import { isCapability, isKnownCapability, type Capability } from "./capabilities.js"
+
+export interface ManifestJob {
+  readonly jobKey: string
+  readonly displayName: string
+  readonly description?: string
+  readonly schedule?: string
+}
+export interface ManifestWebhook {
+  readonly endpointKey: string
+  readonly displayName: string
+  readonly description?: string
+}
+export interface ManifestEnvironmentDriver {
+  readonly driverKey: string
+  readonly kind: "sandbox_provider"
+  readonly displayName: string
+  readonly description?: string
+  readonly configSchema: Record<string, unknown>
+  readonly supportsReusableLeases?: boolean
+}
+export interface Manifest {
+  readonly id: string
+  readonly apiVersion: 1
+  readonly version: string
+  readonly displayName: string
+  readonly description: string
+  readonly author: string
+  readonly categories: ReadonlyArray<"connector" | "workspace" | "automation" | "ui">
+  readonly minimumHostVersion?: string
+  readonly capabilities: ReadonlyArray<string>
+  readonly entrypoints: { readonly worker: string; readonly [k: string]: unknown }
+  readonly instanceConfigSchema?: Record<string, unknown>
+  readonly jobs?: ReadonlyArray<ManifestJob>
+  readonly webhooks?: ReadonlyArray<ManifestWebhook>
+  readonly environmentDrivers?: ReadonlyArray<ManifestEnvironmentDriver>
+  readonly shutdownTimeoutMs?: number
+  readonly [ignored: string]: unknown
+}
+
+/** A validated manifest plus what the host noticed but did not refuse. */
+export interface ManifestInfo {
+  readonly manifest: Manifest
+  readonly activeCapabilities: ReadonlyArray<Capability>
+  readonly inactiveCapabilities: ReadonlyArray<string>
+  readonly ignoredFields: ReadonlyArray<string>
+}
+
+export const IGNORED_FIELDS = [
+  "ui", "launchers", "tools", "apiRoutes", "database", "agents", "projects", "routines", "skills",
+  "localFolders", "objectReferences"
+] as const
+const KNOWN_FIELDS = new Set([
+  "id", "apiVersion", "version", "displayName", "description", "author", "categories", "minimumHostVersion",
+  "capabilities", "entrypoints", "instanceConfigSchema", "jobs", "webhooks", "environmentDrivers",
+  "shutdownTimeoutMs", "$schema"
+])
+const CATEGORIES = new Set(["connector", "workspace", "automation", "ui"])
+const ID_RE = /^[a-z0-9][a-z0-9._-]*$/
+const SEMVER_RE = /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$/
+
+const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+const parseSemver = (v: string): [number, number, number] | undefined => {
+  const m = SEMVER_RE.exec(v)
+  return m ? [Number(m[1]), Number(m[2]), Number(m[3])] : undefined
+}
+export const semverLess = (a: string, b: string): boolean => {
+  const x = parseSemver(a), y = parseSemver(b)
+  if (!x || !y) return false
+  for (let i = 0; i < 3; i++) if (x[i] !== y[i]) return x[i]! < y[i]!
+  return false
+}
+
+/** 5-field cron check (SPEC §14: a 6-field cron is refused). Field syntax is checked by `Cron.parse` in the scheduler. */
+export const cronFieldCount = (s: string): number => s.trim().split(/\s+/).filter((x) => x.length > 0).length
+
+const CRON_FIELD_RE = /^(\*|\d+(-\d+)?)(\/\d+)?(,(\*|\d+(-\d+)?)(\/\d+)?)*$|^[A-Za-z]{3}(-[A-Za-z]{3})?(,[A-Za-z]{3})*$/
+
+export const validateCron = (s: string): string | undefined => {
+  const n = cronFieldCount(s)
+  if (n !== 5) return `cron must have 5 fields (minute hour day month weekday), got ${n}`
+  const bad = s.trim().split(/\s+/).find((f) => !CRON_FIELD_RE.test(f))
+  return bad === undefined ? undefined : `invalid cron field "${bad}"`
+}
+
+export interface ValidateOptions {
+  readonly hostVersion: string
+}
+
+/** Validate an unknown value as a manifest. Left = every problem, each prefixed by its path. */
+export const validateManifest = (
+  input: unknown,
+  options: ValidateOptions
+): Either.Either<ManifestInfo, ReadonlyArray<string>> => {
+  const problems: Array<string> = []
+  if (!isObject(input)) return Either.left(["manifest: must be an object"])
+  const m = input
+  const ignoredFields: Array<string> = []
+  for (const key of Object.keys(m)) {
+    if ((IGNORED_FIELDS as ReadonlyArray<string>).includes(key)) ignoredFields.push(key)
+    else if (!KNOWN_FIELDS.has(key)) problems.push(`${key}: unknown field`)
+  }
+  const str = (path: string, v: unknown, max?: number, required = true): v is string => {
+    if (v === undefined) {
+      if (required) problems.push(`${path}: required`)
+      return false
+    }
+    if (typeof v !== "string" || v.length === 0) {
+      problems.push(`${path}: must be a non-empty string`)
+      return false
+    }
+    if (max !== undefined && v.length > max) {
+      problems.push(`${path}: must be at most ${max} characters (got ${v.length})`)
+      return false
+    }
+    return true
+  }
+  if (str("id", m.id) && !ID_RE.test(m.id)) problems.push(`id: "${m.id}" must match ^[a-z0-9][a-z0-9._-]*$`)
+  if (m.apiVersion !== 1) problems.push(`apiVersion: must be 1 (got ${JSON.stringify(m.apiVersion)})`)
+  if (str("version", m.version) && !SEMVER_RE.test(m.version)) problems.push(`version: "${m.version}" is not semver`)
+  str("displayName", m.displayName, 100)
+  str("description", m.description, 500)
+  str("author", m.author, 200)
+  if (!Array.isArray(m.categories) || m.categories.length === 0) problems.push("categories: must list at least one of connector, workspace, automation, ui")
+  else m.categories.forEach((c, i) => {
+    if (typeof c !== "string" || !CATEGORIES.has(c)) problems.push(`categories[${i}]: unknown category ${JSON.stringify(c)}`)
+  })
+  if (m.minimumHostVersion !== undefined) {
+    if (typeof m.minimumHostVersion !== "string" || !SEMVER_RE.test(m.minimumHostVersion)) problems.push("minimumHostVersion: must be semver")
+    else if (semverLess(options.hostVersion, m.minimumHostVersion)) problems.push(`minimumHostVersion: plugin needs host ${m.minimumHostVersion}, this host is ${options.hostVersion}`)
+  }
+  const active: Array<Capability> = []
+  const inactive: Array<string> = []
+  if (!Array.isArray(m.capabilities) || m.capabilities.length === 0) problems.push("capabilities: must list at least one capability")
+  else m.capabilities.forEach((c, i) => {
+    if (typeof c !== "string") problems.push(`capabilities[${i}]: must be a string`)
+    else if (isCapability(c)) active.push(c)
+    else if (isKnownCapability(c)) inactive.push(c)
+    else problems.push(`capabilities[${i}]: unknown capability "${c}"`)
+  })
+  const has = (c: Capability) => active.includes(c)
+  if (!isObject(m.entrypoints)) problems.push("entrypoints: required object with a worker path")
+  else if (str("entrypoints.worker", m.entrypoints.worker)) {
+    const w = m.entrypoints.worker
+    if (w.startsWith("/") || w.split(/[\\/]/).includes("..")) problems.push("entrypoints.worker: must be a path inside the plugin root")
+  }
+  if (m.instanceConfigSchema !== undefined && !isObject(m.instanceConfigSchema)) problems.push("instanceConfigSchema: must be a JSON Schema object")
+  const uniqueList = (
+    field: string,
+    keyField: string,
+    check: (item: Record<string, unknown>, path: string) => void
+  ) => {
+    const v = m[field]
+    if (v === undefined) return
+    if (!Array.isArray(v)) {
+      problems.push(`${field}: must be an array`)
+      return
+    }
+    const seen = new Set<string>()
+    v.forEach((item, i) => {
+      const path = `${field}[${i}]`
+      if (!isObject(item)) {
+        problems.push(`${path}: must be an object`)
+        return
+      }
+      if (str(`${path}.${keyField}`, item[keyField])) {
+        const k = item[keyField] as string
+        if (!ID_RE.test(k)) problems.push(`${path}.${keyField}: "${k}" must match ^[a-z0-9][a-z0-9._-]*$`)
+        if (seen.has(k)) problems.push(`${path}.${keyField}: duplicate key "${k}"`)
+        seen.add(k)
+      }
+      str(`${path}.displayName`, item.displayName, 100)
+      if (item.description !== undefined) str(`${path}.description`, item.description, 500)
+      check(item, path)
+    })
+    if (v.length > 0) {
+      const need: Capability = field === "jobs" ? "jobs.schedule" : field === "webhooks" ? "webhooks.receive" : "environment.drivers.register"
+      if (!has(need)) problems.push(`${field}: declaring ${field} needs the "${need}" capability`)
+    }
+  }
+  uniqueList("jobs", "jobKey", (job, path) => {
+    if (job.schedule !== undefined) {
+      if (typeof job.schedule !== "string") problems.push(`${path}.schedule: must be a 5-field cron string`)
+      else {
+        const err = validateCron(job.schedule)
+        if (err) problems.push(`${path}.schedule: ${err}`)
+      }
+    }
+  })
+  uniqueList("webhooks", "endpointKey", () => {})
+  uniqueList("environmentDrivers", "driverKey", (d, path) => {
+    if (d.kind !== "sandbox_provider") problems.push(`${path}.kind: must be "sandbox_provider"`)
+    if (!isObject(d.configSchema)) problems.push(`${path}.configSchema: required JSON Schema object`)
+    if (d.supportsReusableLeases !== undefined && typeof d.supportsReusableLeases !== "boolean") problems.push(`${path}.supportsReusableLeases: must be a boolean`)
+  })
+  if (m.shutdownTimeoutMs !== undefined) {
+    const t = m.shutdownTimeoutMs
+    if (typeof t !== "number" || !Number.isInteger(t) || t < 1000 || t > 60000) problems.push("shutdownTimeoutMs: must be an integer between 1000 and 60000")
+  }
+  if (problems.length > 0) return Either.left(problems)
+  return Either.right({
+    manifest: m as unknown as Manifest,
+    activeCapabilities: active,
+    inactiveCapabilities: inactive,
+    ignoredFields
+  })
+}

@@ -1,0 +1,358 @@
+// A bidirectional JSON-RPC 2.0 peer over an NDJSON byte stream, used by the host and the worker.
+// The transport core (line splitting, pending map, deadlines, writes) is plain code owned by one
+// scoped resource; calls are `Effect.async`, inbound requests run as fibers in a FiberSet.
+import { Cause, Effect, Exit, Fiber, FiberSet, Option, type Either, type Scope } from "effect"
+import {
+  CANCEL_METHOD,
+  MAX_MESSAGE_BYTES,
+  type InvocationContext,
+  type RpcId
+} from "../protocol/envelope.js"
+import {
+  InvalidParams,
+  InvalidRequest,
+  MethodNotFound,
+  RpcTimeout,
+  WorkerError,
+  WorkerUnavailable,
+  fromWire,
+  isRpcError,
+  toWire,
+  type RpcError,
+  type WireError
+} from "../protocol/errors.js"
+
+export interface InboundContext {
+  /** Request id; undefined for notifications. */
+  readonly id: RpcId | undefined
+  readonly method: string
+  /** Invocation metadata the host put on a host→worker envelope (worker side). */
+  readonly invocation: InvocationContext | undefined
+  /** Invocation id a worker echoed on a worker→host message (host side). */
+  readonly invocationId: string | undefined
+}
+
+export interface Handler<R> {
+  readonly decode?: (u: unknown) => Either.Either<any, InvalidParams>
+  readonly handle: (params: any, ctx: InboundContext) => Effect.Effect<unknown, RpcError, R>
+}
+
+export interface CallOptions {
+  readonly timeoutMs?: number
+  readonly invocation?: InvocationContext
+  readonly invocationId?: string
+}
+
+export interface PeerOptions<R> {
+  readonly name: string
+  readonly input: NodeJS.ReadableStream
+  readonly output: NodeJS.WritableStream
+  readonly handlers: (method: string) => Handler<R> | undefined
+  /** Called for lines that are not JSON-RPC (truncated) and other transport notes. */
+  readonly onStray?: (text: string) => void
+  /** Worker side: answer an unparseable line with -32700. */
+  readonly replyToParseErrors?: boolean
+  readonly defaultTimeoutMs?: number
+  readonly maxMessageBytes?: number
+  /** Message for pending calls failed by a closed stream (e.g. with the stderr tail). */
+  readonly closedMessage?: () => string
+}
+
+export interface Peer {
+  readonly call: (method: string, params: unknown, options?: CallOptions) => Effect.Effect<unknown, RpcError>
+  readonly notify: (method: string, params: unknown, options?: CallOptions) => void
+  /** Completes when the stream closes. */
+  readonly awaitClosed: Effect.Effect<void>
+  readonly isOpen: () => boolean
+  readonly close: (reason: string) => Effect.Effect<void>
+  readonly pendingCount: () => number
+}
+
+interface Pending {
+  readonly method: string
+  readonly resume: (effect: Effect.Effect<unknown, RpcError>) => void
+  timer: ReturnType<typeof setTimeout> | undefined
+}
+
+const STRAY_PREVIEW = 200
+const preview = (s: string) => (s.length > STRAY_PREVIEW ? `${s.slice(0, STRAY_PREVIEW)}… (${s.length} chars)` : s)
+
+const errorOfCause = (cause: Cause.Cause<unknown>): RpcError => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure) && isRpcError(failure.value)) return failure.value
+  const squashed = Cause.squash(cause)
+  if (isRpcError(squashed)) return squashed
+  const message = squashed instanceof Error ? squashed.message : String(squashed)
+  const code = (squashed as { code?: unknown } | null)?.code
+  return typeof code === "number" && code !== -32002
+    ? fromWire({ code, message })
+    : new WorkerError({ message })
+}
+
+export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Scope.Scope | R> =>
+  Effect.gen(function* () {
+    const runFork = yield* FiberSet.makeRuntime<R, unknown, unknown>()
+    const max = options.maxMessageBytes ?? MAX_MESSAGE_BYTES
+    const defaultTimeout = options.defaultTimeoutMs ?? 30_000
+    const pending = new Map<RpcId, Pending>()
+    const inbound = new Map<RpcId, Fiber.RuntimeFiber<unknown, unknown>>()
+    const closeWaiters: Array<() => void> = []
+    let nextId = 1
+    let open = true
+    let closeReason = ""
+
+    // ---- writing: lines produced in the same tick are coalesced into one write ----
+    let outBuf: Array<string> = []
+    let flushScheduled = false
+    const flush = () => {
+      flushScheduled = false
+      if (outBuf.length === 0) return
+      const data = outBuf.length === 1 ? outBuf[0]! : outBuf.join("")
+      outBuf = []
+      if (open) options.output.write(data)
+    }
+    const writeLine = (line: string) => {
+      if (!open) return
+      outBuf.push(line)
+      if (!flushScheduled) {
+        flushScheduled = true
+        process.nextTick(flush)
+      }
+    }
+    const send = (msg: object): RpcError | undefined => {
+      const line = JSON.stringify(msg)
+      if (line === undefined) return new InvalidRequest({ message: "message is not serializable" })
+      if (line.length > max) return new InvalidRequest({ message: `message of ${line.length} bytes exceeds the ${max} byte limit` })
+      writeLine(line + "\n")
+      return undefined
+    }
+    const sendError = (id: RpcId | null, e: RpcError) => {
+      send({ jsonrpc: "2.0", id, error: toWire(e) })
+    }
+
+    // ---- closing ----
+    const markClosed = (reason: string) => {
+      if (!open) return
+      flush()
+      open = false
+      closeReason = reason
+      const message = options.closedMessage?.() ?? `${options.name}: ${reason}`
+      for (const [, p] of pending) {
+        if (p.timer) clearTimeout(p.timer)
+        p.resume(Effect.fail(new WorkerUnavailable({ message })))
+      }
+      pending.clear()
+      for (const [, f] of inbound) runFork(Fiber.interrupt(f))
+      inbound.clear()
+      for (const w of closeWaiters.splice(0)) w()
+    }
+
+    // ---- inbound ----
+    const dispatch = (msg: Record<string, unknown>) => {
+      const method = msg.method as string
+      const isRequest = msg.id !== undefined && msg.id !== null
+      const id = isRequest ? (msg.id as RpcId) : undefined
+      if (method === CANCEL_METHOD) {
+        const target = (msg.params as { id?: RpcId } | undefined)?.id
+        const f = target === undefined ? undefined : inbound.get(target)
+        if (f) {
+          inbound.delete(target!)
+          runFork(Fiber.interrupt(f))
+        }
+        return
+      }
+      const handler = options.handlers(method)
+      if (!handler) {
+        if (isRequest) sendError(id!, new MethodNotFound({ message: `Method not found: ${method}` }))
+        return
+      }
+      let params: unknown = msg.params
+      if (handler.decode) {
+        const r = handler.decode(params)
+        if (r._tag === "Left") {
+          if (isRequest) sendError(id!, r.left)
+          else options.onStray?.(`notification "${method}" dropped: ${r.left.message}`)
+          return
+        }
+        params = r.right
+      }
+      const p = params as { paperclipInvocationId?: unknown } | undefined
+      const ctx: InboundContext = {
+        id,
+        method,
+        invocation: msg.paperclipInvocation as InvocationContext | undefined,
+        invocationId: (msg.paperclipInvocationId as string | undefined) ??
+          (typeof p?.paperclipInvocationId === "string" ? p.paperclipInvocationId : undefined)
+      }
+      const fiber = runFork(handler.handle(params, ctx))
+      if (!isRequest) return
+      inbound.set(id!, fiber)
+      fiber.addObserver((exit) => {
+        if (inbound.get(id!) === fiber) inbound.delete(id!)
+        if (!open) return
+        if (Exit.isSuccess(exit)) {
+          const err = send({ jsonrpc: "2.0", id, result: exit.value === undefined ? null : exit.value })
+          if (err) sendError(id!, err)
+        } else if (Cause.isInterruptedOnly(exit.cause)) {
+          sendError(id!, new RpcTimeout({ message: `request "${method}" was cancelled` }))
+        } else {
+          sendError(id!, errorOfCause(exit.cause))
+        }
+      })
+    }
+
+    const handleLine = (line: string) => {
+      if (line.length === 0 || (line.length < 3 && line.trim().length === 0)) return
+      let msg: unknown
+      try {
+        msg = JSON.parse(line)
+      } catch {
+        options.onStray?.(`stray output: ${preview(line)}`)
+        if (options.replyToParseErrors) send({ jsonrpc: "2.0", id: null, error: { code: -32700, message: "Parse error" } })
+        return
+      }
+      if (typeof msg !== "object" || msg === null || Array.isArray(msg)) {
+        options.onStray?.(`stray output: ${preview(line)}`)
+        if (options.replyToParseErrors) send({ jsonrpc: "2.0", id: null, error: { code: -32600, message: "Invalid Request" } })
+        return
+      }
+      const m = msg as Record<string, unknown>
+      if (typeof m.method === "string") return dispatch(m)
+      if (m.id !== undefined && ("result" in m || "error" in m)) {
+        const entry = pending.get(m.id as RpcId)
+        if (!entry) {
+          options.onStray?.(`response for unknown or finished call id ${JSON.stringify(m.id)} ignored`)
+          return
+        }
+        pending.delete(m.id as RpcId)
+        if (entry.timer) clearTimeout(entry.timer)
+        if (m.error !== undefined && m.error !== null) entry.resume(Effect.fail(fromWire(m.error as WireError)))
+        else entry.resume(Effect.succeed(m.result))
+        return
+      }
+      options.onStray?.(`not a JSON-RPC message: ${preview(line)}`)
+      if (options.replyToParseErrors && m.id !== undefined) send({ jsonrpc: "2.0", id: m.id, error: { code: -32600, message: "Invalid Request" } })
+    }
+
+    // ---- line splitting on raw chunks ----
+    let parts: Array<Buffer> = []
+    let partsSize = 0
+    let discarding = false
+    const onData = (chunk: Buffer | string) => {
+      const buf = typeof chunk === "string" ? Buffer.from(chunk) : chunk
+      let start = 0
+      while (start < buf.length) {
+        const nl = buf.indexOf(10, start)
+        if (nl === -1) {
+          if (discarding) return
+          const rest = buf.subarray(start)
+          partsSize += rest.length
+          if (partsSize > max) {
+            options.onStray?.(`message over ${max} bytes refused (discarding until end of line)`)
+            discarding = true
+            parts = []
+            partsSize = 0
+            return
+          }
+          parts.push(rest)
+          return
+        }
+        if (discarding) {
+          discarding = false
+        } else {
+          const piece = buf.subarray(start, nl)
+          let line: string
+          if (parts.length > 0) {
+            parts.push(piece)
+            const total = partsSize + piece.length
+            line = total > max ? "" : Buffer.concat(parts, total).toString("utf8")
+            if (total > max) options.onStray?.(`message over ${max} bytes refused`)
+            parts = []
+            partsSize = 0
+          } else {
+            line = piece.length > max ? "" : piece.toString("utf8")
+            if (piece.length > max) options.onStray?.(`message over ${max} bytes refused`)
+          }
+          if (line.length > 0) handleLine(line.charCodeAt(line.length - 1) === 13 ? line.slice(0, -1) : line)
+        }
+        start = nl + 1
+      }
+    }
+    const onEnd = () => markClosed("stream ended")
+    const onError = (e: Error) => markClosed(`stream error: ${e.message}`)
+    options.input.on("data", onData)
+    options.input.on("end", onEnd)
+    options.input.on("close", onEnd)
+    options.input.on("error", onError)
+    options.output.on("error", onError)
+
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        markClosed("peer closed")
+        options.input.off("data", onData)
+        options.input.off("end", onEnd)
+        options.input.off("close", onEnd)
+        options.input.off("error", onError)
+        options.output.off("error", onError)
+      })
+    )
+
+    const envelope = (base: Record<string, unknown>, o: CallOptions | undefined) => {
+      if (o?.invocation) base.paperclipInvocation = o.invocation
+      if (o?.invocationId) base.paperclipInvocationId = o.invocationId
+      return base
+    }
+
+    const call = (method: string, params: unknown, o?: CallOptions): Effect.Effect<unknown, RpcError> =>
+      Effect.async<unknown, RpcError>((resume) => {
+        if (!open) {
+          resume(Effect.fail(new WorkerUnavailable({ message: options.closedMessage?.() ?? `${options.name}: ${closeReason}` })))
+          return
+        }
+        const id = nextId++
+        const entry: Pending = { method, resume, timer: undefined }
+        const ms = o?.timeoutMs ?? defaultTimeout
+        if (ms > 0 && Number.isFinite(ms)) {
+          entry.timer = setTimeout(() => {
+            if (pending.delete(id)) {
+              send({ jsonrpc: "2.0", method: CANCEL_METHOD, params: { id } })
+              resume(Effect.fail(new RpcTimeout({ message: `${options.name}: call "${method}" timed out after ${ms} ms` })))
+            }
+          }, ms)
+        }
+        pending.set(id, entry)
+        const err = send(envelope({ jsonrpc: "2.0", id, method, params: params ?? {} }, o))
+        if (err) {
+          pending.delete(id)
+          if (entry.timer) clearTimeout(entry.timer)
+          resume(Effect.fail(err))
+          return
+        }
+        return Effect.sync(() => {
+          if (pending.delete(id)) {
+            if (entry.timer) clearTimeout(entry.timer)
+            send({ jsonrpc: "2.0", method: CANCEL_METHOD, params: { id } })
+          }
+        })
+      })
+
+    const peer: Peer = {
+      call,
+      notify: (method, params, o) => {
+        send(envelope({ jsonrpc: "2.0", method, params: params ?? {} }, o))
+      },
+      awaitClosed: Effect.async<void>((resume) => {
+        if (!open) return resume(Effect.void)
+        const w = () => resume(Effect.void)
+        closeWaiters.push(w)
+        return Effect.sync(() => {
+          const i = closeWaiters.indexOf(w)
+          if (i >= 0) closeWaiters.splice(i, 1)
+        })
+      }),
+      isOpen: () => open,
+      close: (reason) => Effect.sync(() => markClosed(reason)),
+      pendingCount: () => pending.size
+    }
+    return peer
+  })

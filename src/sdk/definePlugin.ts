@@ -1,0 +1,182 @@
+// The Promise plugin API (Paperclip's `definePlugin` shape) and its PluginContext facade, built on the
+// same capability services as Effect plugins. Rejections carry the real error class and `code`.
+import { AsyncLocalStorage } from "node:async_hooks"
+import { Cause, Effect, Exit, FiberRef, Runtime } from "effect"
+import type { InvocationContext } from "../protocol/envelope.js"
+import type { Manifest } from "../protocol/manifest.js"
+import type * as M from "../protocol/methods.js"
+import {
+  Actions,
+  Config,
+  Data,
+  Events,
+  Http,
+  Jobs,
+  Logger,
+  PluginManifest,
+  SandboxProvider,
+  Secrets,
+  State,
+  type Capabilities,
+  type StateKeyInput
+} from "./capabilities.js"
+import { CurrentInvocation } from "./internal/invocation.js"
+import * as Plugin from "./Plugin.js"
+
+type Json = Record<string, unknown>
+
+export interface PluginContext {
+  readonly manifest: Manifest
+  readonly config: { get(companyId?: string): Promise<Json> }
+  readonly events: {
+    on(name: string, fn: (event: M.EventEnvelope) => Promise<void> | void): () => void
+    on(name: string, filter: M.EventFilter, fn: (event: M.EventEnvelope) => Promise<void> | void): () => void
+    emit(name: string, companyId: string, payload: unknown): Promise<void>
+  }
+  readonly jobs: { register(jobKey: string, fn: (job: M.JobRun) => Promise<void> | void): void }
+  readonly state: {
+    get(input: StateKeyInput): Promise<unknown>
+    set(input: StateKeyInput, value: unknown): Promise<void>
+    delete(input: StateKeyInput): Promise<void>
+  }
+  readonly secrets: { resolve(ref: M.SecretRef | string, options?: { companyId?: string; configPath?: string }): Promise<string> }
+  readonly http: { fetch(url: string, init?: { method?: string; headers?: Record<string, string>; body?: string | null }): Promise<Response> }
+  readonly data: { register(key: string, fn: (params: Json) => Promise<unknown> | unknown): void }
+  readonly actions: { register(key: string, fn: (params: Json) => Promise<unknown> | unknown): void }
+  readonly logger: {
+    info(message: string, meta?: unknown): void
+    warn(message: string, meta?: unknown): void
+    error(message: string, meta?: unknown): void
+    debug(message: string, meta?: unknown): void
+  }
+  readonly execution: { log(stream: "stdout" | "stderr", chunk: string): void }
+}
+
+type P<A> = Promise<A>
+export interface PluginDefinition {
+  setup(ctx: PluginContext): P<void>
+  onHealth?(): P<M.HealthResult>
+  onConfigChanged?(config: Json, context?: { companyId: string | null }): P<void>
+  onShutdown?(): P<void>
+  onValidateConfig?(config: Json): P<M.ValidateConfigResult>
+  onWebhook?(input: M.WebhookRequest): P<void>
+  onApiRequest?(input: M.ApiRequest): P<M.ApiResponse>
+  onEnvironmentValidateConfig?(params: { driverKey: string; config: Json }): P<M.EnvironmentValidateConfigResult>
+  onEnvironmentProbe?(params: M.EnvironmentBase): P<M.EnvironmentProbeResult>
+  onEnvironmentAcquireLease?(params: M.EnvironmentAcquireLeaseParams): P<M.ProviderLease>
+  onEnvironmentResumeLease?(params: M.EnvironmentResumeLeaseParams): P<M.ProviderLease>
+  onEnvironmentReleaseLease?(params: M.EnvironmentReleaseLeaseParams): P<unknown>
+  onEnvironmentDestroyLease?(params: M.EnvironmentReleaseLeaseParams): P<unknown>
+  onEnvironmentRealizeWorkspace?(params: M.EnvironmentRealizeWorkspaceParams): P<{ cwd: string; metadata?: Json }>
+  onEnvironmentExecute?(params: M.EnvironmentExecuteParams): P<M.ExecuteResult>
+}
+
+export interface PaperclipPlugin {
+  readonly definition: PluginDefinition
+}
+
+/** Define a Promise plugin, exactly as a Paperclip plugin author would. */
+export const definePlugin = (definition: PluginDefinition): PaperclipPlugin => Object.freeze({ definition })
+
+const als = new AsyncLocalStorage<InvocationContext>()
+
+/** Call a Promise hook inside the invocation the fiber is serving, so nested ctx calls echo its id. */
+const fromPromise = <A>(f: () => Promise<A> | A): Effect.Effect<A, unknown> =>
+  Effect.flatMap(FiberRef.get(CurrentInvocation), (inv) =>
+    Effect.tryPromise({
+      try: () => Promise.resolve(inv ? als.run(inv, f) : f()),
+      catch: (e) => e
+    }))
+
+const makeContext = (runtime: Runtime.Runtime<Capabilities>): PluginContext => {
+  const ctxOf = <I, S>(tag: import("effect").Context.Tag<I, S>) => Runtime.runSync(runtime)(tag as never) as S
+  const run = <A>(eff: Effect.Effect<A, unknown, Capabilities>): Promise<A> => {
+    const inv = als.getStore()
+    const e = inv ? Effect.locally(eff, CurrentInvocation, inv) : eff
+    return Runtime.runPromiseExit(runtime)(e).then((exit) => {
+      if (Exit.isSuccess(exit)) return exit.value
+      throw Cause.squash(exit.cause)
+    })
+  }
+  const fire = (eff: Effect.Effect<void, never, Capabilities>) => {
+    void run(eff)
+  }
+  const config = ctxOf(Config), state = ctxOf(State), events = ctxOf(Events), jobs = ctxOf(Jobs)
+  const secrets = ctxOf(Secrets), http = ctxOf(Http), data = ctxOf(Data), actions = ctxOf(Actions)
+  const logger = ctxOf(Logger), provider = ctxOf(SandboxProvider), manifest = ctxOf(PluginManifest)
+  const log = (level: "info" | "warn" | "error" | "debug") => (message: string, meta?: unknown) => fire(logger.log(level, message, meta))
+  return {
+    get manifest() {
+      return Runtime.runSync(runtime)(manifest.get)
+    },
+    config: { get: (companyId) => run(config.get(companyId ?? null)) },
+    events: {
+      on(name: string, a: unknown, b?: unknown) {
+        const fn = (typeof a === "function" ? a : b) as (e: M.EventEnvelope) => Promise<void> | void
+        const filter = typeof a === "function" ? undefined : (a as M.EventFilter)
+        let active = true
+        const handler = (e: M.EventEnvelope) => (active ? fromPromise(() => fn(e)) : Effect.void)
+        run(events.subscribe(name, handler, filter)).catch((err: unknown) =>
+          fire(logger.log("warn", `Failed to subscribe to event "${name}" on host: ${err instanceof Error ? err.message : String(err)}`)))
+        return () => {
+          active = false
+        }
+      },
+      emit: (name, companyId, payload) => run(events.emit(name, companyId, payload))
+    },
+    jobs: { register: (key, fn) => Runtime.runSync(runtime)(jobs.register(key, (job) => Effect.asVoid(fromPromise(() => fn(job))))) },
+    state: {
+      get: (input) => run(state.get(input)),
+      set: (input, value) => run(state.set(input, value)),
+      delete: (input) => run(state.delete(input))
+    },
+    secrets: {
+      resolve: (ref, o) => run(secrets.resolve(ref, { companyId: o?.companyId ?? null, configPath: o?.configPath ?? null }))
+    },
+    http: {
+      fetch: (url, init) =>
+        run(http.fetch(url, init ? { ...init } as never : undefined)).then(
+          (r) => new Response(r.status === 204 || r.status === 304 ? null : r.body, { status: r.status, statusText: r.statusText, headers: r.headers })
+        )
+    },
+    data: { register: (key, fn) => Runtime.runSync(runtime)(data.register(key, (p) => fromPromise(() => fn(p)))) },
+    actions: { register: (key, fn) => Runtime.runSync(runtime)(actions.register(key, (p) => fromPromise(() => fn(p)))) },
+    logger: { info: log("info"), warn: log("warn"), error: log("error"), debug: log("debug") },
+    execution: {
+      log: (stream, chunk) => {
+        if (typeof chunk === "string" && chunk.length > 0) fire(provider.log(stream, chunk))
+      }
+    }
+  }
+}
+
+const opt = <K extends keyof PluginDefinition, A>(d: PluginDefinition, k: K, f: (fn: NonNullable<PluginDefinition[K]>) => A): A | undefined => {
+  const fn = d[k]
+  return fn ? f(fn.bind(d) as NonNullable<PluginDefinition[K]>) : undefined
+}
+
+/** Turn a Promise definition into an Effect plugin running on the same services. */
+export const toPlugin = (plugin: PaperclipPlugin | Plugin.Plugin): Plugin.Plugin => {
+  if (Plugin.isPlugin(plugin)) return plugin
+  const d = plugin.definition
+  const environment: Plugin.EnvironmentHooks = {
+    ...opt(d, "onEnvironmentValidateConfig", (f) => ({ validateConfig: (p: any) => fromPromise(() => f(p)) })),
+    ...opt(d, "onEnvironmentProbe", (f) => ({ probe: (p: any) => fromPromise(() => f(p)) })),
+    ...opt(d, "onEnvironmentAcquireLease", (f) => ({ acquireLease: (p: any) => fromPromise(() => f(p)) })),
+    ...opt(d, "onEnvironmentResumeLease", (f) => ({ resumeLease: (p: any) => fromPromise(() => f(p)) })),
+    ...opt(d, "onEnvironmentReleaseLease", (f) => ({ releaseLease: (p: any) => fromPromise(() => f(p)) })),
+    ...opt(d, "onEnvironmentDestroyLease", (f) => ({ destroyLease: (p: any) => fromPromise(() => f(p)) })),
+    ...opt(d, "onEnvironmentRealizeWorkspace", (f) => ({ realizeWorkspace: (p: any) => fromPromise(() => f(p)) })),
+    ...opt(d, "onEnvironmentExecute", (f) => ({ execute: (p: any) => fromPromise(() => f(p)) }))
+  }
+  return Plugin.make({
+    setup: Effect.flatMap(Effect.runtime<Capabilities>(), (rt) => fromPromise(() => d.setup(makeContext(rt)))),
+    ...opt(d, "onHealth", (f) => ({ health: fromPromise(() => f()) })),
+    ...opt(d, "onValidateConfig", (f) => ({ validateConfig: (c: Json) => fromPromise(() => f(c)) })),
+    ...opt(d, "onConfigChanged", (f) => ({ configChanged: (c: Json, companyId: string | null) => Effect.asVoid(fromPromise(() => f(c, { companyId }))) })),
+    ...opt(d, "onShutdown", (f) => ({ shutdown: fromPromise(() => f()) })),
+    ...opt(d, "onWebhook", (f) => ({ webhook: (r: M.WebhookRequest) => fromPromise(() => f(r)) })),
+    ...opt(d, "onApiRequest", (f) => ({ apiRequest: (r: M.ApiRequest) => fromPromise(() => f(r)) })),
+    ...(Object.keys(environment).length > 0 ? { environment } : {})
+  })
+}
