@@ -20,6 +20,7 @@ const walk = (dir) => {
 }
 walk(join(root, "plugins"))
 walk(join(root, "test", "fixtures"))
+walk(join(root, "bench", "fixtures"))
 
 const alias = {
   "gantry/sdk": join(root, "src/sdk/index.ts"),

@@ -398,8 +398,10 @@ export const make = Effect.gen(function* () {
     configChanged: (pluginId, companyId, config) =>
       Effect.gen(function* () {
         const e = yield* find(pluginId)
-        yield* stores.config.set(pluginId, companyId, config)
+        // the running worker must accept the config before it is saved (a Paperclip single-tenant
+        // worker answers -32006 for a second company; nothing is stored then)
         if (e.current) yield* callRunning(e, e.current, "configChanged", { config, companyId }, { companyId })
+        yield* stores.config.set(pluginId, companyId, config)
       }),
     stopAll
   }

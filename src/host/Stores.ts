@@ -67,14 +67,21 @@ export const encodeStateValue = (value: unknown): Effect.Effect<string, InvalidP
   return Effect.succeed(text)
 }
 
-/** In-memory backends: the foundation's host and the public test kit use them. */
-export const makeMemory = Effect.sync((): CapabilityStoresShape => {
+export interface MemoryStores extends CapabilityStoresShape {
+  /** Test control: store a secret value for a company (the in-memory store has no encryption). */
+  readonly putSecret: (companyId: string, secretId: string, value: string) => void
+}
+
+/** In-memory backends: the foundation's host and the public test kit use them. Event delivery is
+ * awaited by `emit`, which keeps tests deterministic. */
+export const makeMemory = Effect.sync((): MemoryStores => {
   const configs = new Map<string, Map<string, Record<string, unknown>>>()
   const state = new Map<string, string>()
   const subs = new Map<string, { pluginId: string; pattern: string; filter: EventFilter | null; delivers: Set<Deliver> }>()
   const logs = new Map<string, Array<LogEntry>>()
   const secrets = new Map<string, string>()
   return {
+    putSecret: (companyId, secretId, value) => void secrets.set(`${companyId}/${secretId}`, value),
     config: {
       get: (pluginId, companyId) => Effect.sync(() => configs.get(pluginId)?.get(companyId ?? "") ?? {}),
       set: (pluginId, companyId, config) =>
@@ -108,8 +115,8 @@ export const makeMemory = Effect.sync((): CapabilityStoresShape => {
       emit: (event) =>
         Effect.forEach(
           [...subs.values()].filter((s) => patternMatches(s.pattern, event.eventType) && filterMatches(s.filter, event)),
-          (s) => Effect.forEach(s.delivers, (d) => Effect.forkDaemon(Effect.retry(d(event), deliveryRetry)), { discard: true }),
-          { discard: true }
+          (s) => Effect.forEach(s.delivers, (d) => Effect.ignore(Effect.retry(d(event), deliveryRetry)), { discard: true, concurrency: "unbounded" }),
+          { discard: true, concurrency: "unbounded" }
         )
     },
     secrets: {

@@ -63,10 +63,11 @@ export const spawnWorker = (o: ProcessOptions): Effect.Effect<Transport, never, 
         if (child.exitCode !== null || child.signalCode !== null) return
         child.stdin?.end()
         child.kill("SIGTERM")
-        const gone = yield* Effect.timeout(Deferred.await(exited), Duration.millis(o.sigtermGraceMs)).pipe(Effect.option)
+        // finalizers are uninterruptible: the wait must be made interruptible for the timeout to fire
+        const gone = yield* Effect.timeout(Effect.interruptible(Deferred.await(exited)), Duration.millis(o.sigtermGraceMs)).pipe(Effect.option)
         if (gone._tag === "None") {
           child.kill("SIGKILL")
-          yield* Effect.timeout(Deferred.await(exited), Duration.seconds(5)).pipe(Effect.ignore)
+          yield* Effect.timeout(Effect.interruptible(Deferred.await(exited)), Duration.seconds(5)).pipe(Effect.ignore)
         }
       })
   ).pipe(Effect.map((r) => r.transport))

@@ -37,7 +37,7 @@ export const loadPluginFolder = (folder: string, hostVersion: string): Effect.Ef
         }
       }
     }
-    if (!manifestPath || !existsSync(manifestPath)) return yield* Effect.fail(invalid(["manifest: not found (manifest.json, manifest.js or package.json paperclipPlugin.manifest)"]))
+    if (!manifestPath || !existsSync(manifestPath)) return yield* invalid(["manifest: not found (manifest.json, manifest.js or package.json paperclipPlugin.manifest)"])
     const raw: unknown = manifestPath.endsWith(".json")
       ? yield* Effect.try({ try: () => readJson(manifestPath!), catch: (e) => invalid([`manifest: ${String(e)}`]) })
       : yield* Effect.tryPromise({
@@ -45,10 +45,10 @@ export const loadPluginFolder = (folder: string, hostVersion: string): Effect.Ef
           catch: (e) => invalid([`manifest: cannot load module: ${String(e)}`])
         })
     const checked = validateManifest(raw, { hostVersion })
-    if (Either.isLeft(checked)) return yield* Effect.fail(invalid(checked.left))
+    if (Either.isLeft(checked)) return yield* invalid(checked.left)
     const info = checked.right
     const rel = workerOverride ?? info.manifest.entrypoints.worker
     const workerEntry = isAbsolute(rel) ? rel : join(root, rel)
-    if (!existsSync(workerEntry)) return yield* Effect.fail(invalid([`entrypoints.worker: file not found: ${workerEntry}`]))
+    if (!existsSync(workerEntry)) return yield* invalid([`entrypoints.worker: file not found: ${workerEntry}`])
     return { root, info, workerEntry }
   })

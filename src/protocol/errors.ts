@@ -12,7 +12,9 @@ export const ErrorCodes = {
   WorkerError: -32002,
   Timeout: -32003,
   NotImplemented: -32004,
-  InvocationScopeDenied: -32005
+  InvocationScopeDenied: -32005,
+  /** Paperclip's single-tenant worker refusing a second company's config. */
+  CrossTenantConfig: -32006
 } as const
 
 const fields = { message: Schema.String, data: Schema.optional(Schema.Unknown) }
@@ -61,6 +63,10 @@ export class InvocationScopeDenied extends Schema.TaggedError<InvocationScopeDen
   static readonly code = ErrorCodes.InvocationScopeDenied
   get code() { return ErrorCodes.InvocationScopeDenied }
 }
+export class CrossTenantConfig extends Schema.TaggedError<CrossTenantConfig>()("CrossTenantConfig", fields) {
+  static readonly code = ErrorCodes.CrossTenantConfig
+  get code() { return ErrorCodes.CrossTenantConfig }
+}
 /** A code outside the table (a plugin may send its own); kept with its number. */
 export class RemoteError extends Schema.TaggedError<RemoteError>()("RemoteError", {
   ...fields,
@@ -81,6 +87,7 @@ export type RpcError =
   | RpcTimeout
   | NotImplemented
   | InvocationScopeDenied
+  | CrossTenantConfig
   | RemoteError
 
 export const RpcError = Schema.Union(
@@ -95,6 +102,7 @@ export const RpcError = Schema.Union(
   RpcTimeout,
   NotImplemented,
   InvocationScopeDenied,
+  CrossTenantConfig,
   RemoteError
 )
 
@@ -115,7 +123,8 @@ const byCode: Record<number, new (args: { message: string; data?: unknown }) => 
   [ErrorCodes.WorkerError]: WorkerError,
   [ErrorCodes.Timeout]: RpcTimeout,
   [ErrorCodes.NotImplemented]: NotImplemented,
-  [ErrorCodes.InvocationScopeDenied]: InvocationScopeDenied
+  [ErrorCodes.InvocationScopeDenied]: InvocationScopeDenied,
+  [ErrorCodes.CrossTenantConfig]: CrossTenantConfig
 }
 
 /** Turn a wire `{code, message, data?}` into its tagged error. */
@@ -139,5 +148,5 @@ export const isRpcError = (u: unknown): u is RpcError =>
 const tagSet: Record<string, true> = {
   ParseError: true, InvalidRequest: true, MethodNotFound: true, InvalidParams: true, InternalError: true,
   WorkerUnavailable: true, CapabilityDenied: true, WorkerError: true, RpcTimeout: true, NotImplemented: true,
-  InvocationScopeDenied: true, RemoteError: true
+  InvocationScopeDenied: true, CrossTenantConfig: true, RemoteError: true
 }

@@ -71,7 +71,8 @@ export const semverLess = (a: string, b: string): boolean => {
   const x = parseSemver(a), y = parseSemver(b)
   if (!x || !y) return false
   for (let i = 0; i < 3; i++) if (x[i] !== y[i]) return x[i]! < y[i]!
-  return false
+  // same core version: a pre-release sorts before the release
+  return a.split("+")[0]!.includes("-") && !b.split("+")[0]!.includes("-")
 }
 
 /** 5-field cron check (SPEC §14: a 6-field cron is refused). Field syntax is checked by `Cron.parse` in the scheduler. */

@@ -120,14 +120,23 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
       }
     }
     const send = (msg: object): RpcError | undefined => {
-      const line = JSON.stringify(msg)
+      let line: string | undefined
+      try {
+        line = JSON.stringify(msg)
+      } catch (e) {
+        // BigInt or a cycle in a result/params must fail that one message, not throw out of a stream callback
+        return new InvalidRequest({ message: `message is not serializable: ${e instanceof Error ? e.message : String(e)}` })
+      }
       if (line === undefined) return new InvalidRequest({ message: "message is not serializable" })
-      if (line.length > max) return new InvalidRequest({ message: `message of ${line.length} bytes exceeds the ${max} byte limit` })
+      // the limit is in UTF-8 bytes; a UTF-16 unit is at most 3 bytes, so short lines skip the count
+      const bytes = line.length * 3 <= max ? line.length : Buffer.byteLength(line, "utf8")
+      if (bytes > max) return new InvalidRequest({ message: `message of ${bytes} bytes exceeds the ${max} byte limit` })
       writeLine(line + "\n")
       return undefined
     }
     const sendError = (id: RpcId | null, e: RpcError) => {
-      send({ jsonrpc: "2.0", id, error: toWire(e) })
+      // an error whose `data` cannot be sent still reaches the caller, without its data
+      if (send({ jsonrpc: "2.0", id, error: toWire(e) })) send({ jsonrpc: "2.0", id, error: { code: e.code, message: e.message.slice(0, 10_000) } })
     }
 
     // ---- closing ----

@@ -1,7 +1,7 @@
 // The Promise plugin API (Paperclip's `definePlugin` shape) and its PluginContext facade, built on the
 // same capability services as Effect plugins. Rejections carry the real error class and `code`.
 import { AsyncLocalStorage } from "node:async_hooks"
-import { Cause, Effect, Exit, FiberRef, Runtime } from "effect"
+import { Cause, Data as EffectData, Effect, Exit, FiberRef, Runtime } from "effect"
 import type { InvocationContext } from "../protocol/envelope.js"
 import type { Manifest } from "../protocol/manifest.js"
 import type * as M from "../protocol/methods.js"
@@ -55,6 +55,9 @@ export interface PluginContext {
 type P<A> = Promise<A>
 export interface PluginDefinition {
   setup(ctx: PluginContext): P<void>
+  /** Accepted for Paperclip compatibility; Gantry workers always serve several companies (every
+   * call carries its company and nested calls are scoped to it), so this flag changes nothing. */
+  multiCompanyConfig?: boolean
   onHealth?(): P<M.HealthResult>
   onConfigChanged?(config: Json, context?: { companyId: string | null }): P<void>
   onShutdown?(): P<void>
@@ -80,12 +83,15 @@ export const definePlugin = (definition: PluginDefinition): PaperclipPlugin => O
 
 const als = new AsyncLocalStorage<InvocationContext>()
 
+/** A Promise hook rejected; `error` is what it threw (its message and numeric `code` cross the wire). */
+export class HookRejected extends EffectData.TaggedError("HookRejected")<{ readonly error: unknown }> {}
+
 /** Call a Promise hook inside the invocation the fiber is serving, so nested ctx calls echo its id. */
-const fromPromise = <A>(f: () => Promise<A> | A): Effect.Effect<A, unknown> =>
+const fromPromise = <A>(f: () => Promise<A> | A): Effect.Effect<A, HookRejected> =>
   Effect.flatMap(FiberRef.get(CurrentInvocation), (inv) =>
     Effect.tryPromise({
       try: () => Promise.resolve(inv ? als.run(inv, f) : f()),
-      catch: (e) => e
+      catch: (error) => new HookRejected({ error })
     }))
 
 const makeContext = (runtime: Runtime.Runtime<Capabilities>): PluginContext => {
@@ -150,7 +156,8 @@ const makeContext = (runtime: Runtime.Runtime<Capabilities>): PluginContext => {
   }
 }
 
-const opt = <K extends keyof PluginDefinition, A>(d: PluginDefinition, k: K, f: (fn: NonNullable<PluginDefinition[K]>) => A): A | undefined => {
+type HookKey = Exclude<keyof PluginDefinition, "multiCompanyConfig">
+const opt = <K extends HookKey, A>(d: PluginDefinition, k: K, f: (fn: NonNullable<PluginDefinition[K]>) => A): A | undefined => {
   const fn = d[k]
   return fn ? f(fn.bind(d) as NonNullable<PluginDefinition[K]>) : undefined
 }

@@ -3,7 +3,7 @@
 import { Context, Deferred, Duration, Effect, FiberRef, Scope } from "effect"
 import * as Peer from "../rpc/Peer.js"
 import type { InvocationContext } from "../protocol/envelope.js"
-import { NotImplemented, WorkerError, type RpcError } from "../protocol/errors.js"
+import { NotImplemented, WorkerError, fromWire, type RpcError } from "../protocol/errors.js"
 import { filterMatches, patternMatches } from "../protocol/events.js"
 import type { Manifest } from "../protocol/manifest.js"
 import * as M from "../protocol/methods.js"
@@ -47,7 +47,12 @@ interface Registry {
 
 const DEDUP_CAP = 10_000
 
-const toWorkerError = (e: unknown): RpcError | WorkerError => {
+const toWorkerError = (e0: unknown): RpcError | WorkerError => {
+  const e = typeof e0 === "object" && e0 !== null && (e0 as { _tag?: unknown })._tag === "HookRejected" ? (e0 as { error: unknown }).error : e0
+  if (typeof e === "object" && e !== null && !("_tag" in e) && typeof (e as { code?: unknown }).code === "number" && e instanceof Error) {
+    const code = (e as unknown as { code: number }).code
+    return fromWire({ code, message: e.message })
+  }
   if (typeof e === "object" && e !== null && typeof (e as { code?: unknown }).code === "number" && "_tag" in e) return e as RpcError
   return new WorkerError({ message: e instanceof Error ? e.message : typeof e === "string" ? e : JSON.stringify(e) })
 }

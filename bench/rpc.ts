@@ -1,0 +1,310 @@
+// RPC benchmark: Gantry (PluginHost + bundled Effect worker) vs Paperclip (bare NDJSON host + the
+// published SDK's worker, unbundled) vs raw Node on both sides, side by side in one run.
+// Prints one JSON line per variant and a last `rpc-ratio` line (gantry ÷ paperclip).
+import { Effect, ManagedRuntime } from "effect"
+import { spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
+import { join, resolve } from "node:path"
+import { performance } from "node:perf_hooks"
+import { setTimeout as sleep } from "node:timers/promises"
+import { PluginHost } from "../src/host/PluginHost.js"
+import { hostLayer } from "../test/helpers.js"
+
+export const fixtures = resolve(import.meta.dirname, "fixtures")
+const GANTRY_FIXTURE = join(fixtures, "gantry-echo")
+const GANTRY_ID = "bench-echo"
+
+const COLD_STARTS = 5
+const RSS_SAMPLES = 3
+const IDLE_MS = 1_000
+const RUNS = 3
+const SEQ_CALLS = 5_000
+const INFLIGHT_CALLS = 20_000
+const INFLIGHT_WIDTH = 64
+const NESTED_CALLS = 3_000
+const PAYLOAD = { n: 42, text: "hello, bench" }
+
+export type VariantName = "gantry" | "paperclip" | "raw"
+export type Key = "echo" | "nested"
+
+/** One running worker, driven by its host. Each measurement returns elapsed milliseconds. */
+export interface Driver {
+  readonly pid: number
+  readonly seq: (n: number, key: Key) => Promise<number>
+  readonly inflight: (n: number, width: number) => Promise<number>
+  readonly stop: () => Promise<void>
+}
+
+export interface Variant {
+  readonly name: VariantName
+  /** Spawn a worker and initialize it; `ms` = spawn → `initialize` result received. */
+  readonly start: () => Promise<{ readonly driver: Driver; readonly ms: number }>
+  readonly dispose: () => Promise<void>
+}
+
+interface Figures {
+  coldStartMs: number
+  idleRssMiB: number
+  seqCallsPerS: number
+  inflightCallsPerS: number
+  nestedCallsPerS: number
+}
+
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = s.length >> 1
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2
+}
+const round = (x: number, digits: number) => Math.round(x * 10 ** digits) / 10 ** digits
+
+const rssMiB = (pid: number): number => {
+  const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("VmRSS:"))
+  if (!line) throw new Error(`no VmRSS for pid ${pid}`)
+  return Number(line.split(/\s+/)[1]) / 1024
+}
+
+// ---- the bare NDJSON host (Paperclip-style and raw variants) ----
+
+const workerEnv = () => ({ PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin", NODE_ENV: "production", TZ: "UTC" })
+
+interface Reply {
+  readonly result?: unknown
+  readonly error?: { readonly code: number; readonly message: string }
+}
+
+export const bareVariant = (
+  name: VariantName,
+  folder: string,
+  entry: string,
+  manifestFile: string,
+  execArgv: ReadonlyArray<string> = []
+): Variant => {
+  const manifest = JSON.parse(readFileSync(manifestFile, "utf8")) as unknown
+  const live = new Set<Driver>()
+  const start = () =>
+    new Promise<{ driver: Driver; ms: number }>((resolveStart, rejectStart) => {
+      const t0 = performance.now()
+      const child = spawn(process.execPath, [...execArgv, join(folder, entry)], { cwd: folder, env: workerEnv(), stdio: ["pipe", "pipe", "pipe"] })
+      const pending = new Map<number, (reply: Reply) => void>()
+      let nextId = 1
+      let stderr = ""
+      const exited = new Promise<void>((r) => child.once("exit", () => r()))
+      const write = (msg: object) => child.stdin.write(JSON.stringify(msg) + "\n")
+      const call = (method: string, params: unknown) =>
+        new Promise<unknown>((res, rej) => {
+          const id = nextId++
+          pending.set(id, (reply) => (reply.error ? rej(new Error(`${method}: ${reply.error.message}`)) : res(reply.result)))
+          write({ jsonrpc: "2.0", id, method, params })
+        })
+      const onLine = (line: string) => {
+        if (line.length === 0) return
+        const msg = JSON.parse(line) as { id?: number | string | null; method?: string } & Reply
+        if (typeof msg.method === "string") {
+          if (msg.id === undefined || msg.id === null) return // log notifications
+          if (msg.method === "state.get") write({ jsonrpc: "2.0", id: msg.id, result: null })
+          else write({ jsonrpc: "2.0", id: msg.id, error: { code: -32601, message: `Method not found: ${msg.method}` } })
+          return
+        }
+        const resume = pending.get(msg.id as number)
+        if (resume) {
+          pending.delete(msg.id as number)
+          resume(msg)
+        }
+      }
+      let rest = ""
+      child.stdout.setEncoding("utf8")
+      child.stdout.on("data", (chunk: string) => {
+        const text = rest + chunk
+        let from = 0
+        let nl = text.indexOf("\n", from)
+        while (nl !== -1) {
+          onLine(text.slice(from, nl))
+          from = nl + 1
+          nl = text.indexOf("\n", from)
+        }
+        rest = text.slice(from)
+      })
+      child.stderr.setEncoding("utf8")
+      child.stderr.on("data", (c: string) => {
+        stderr = (stderr + c).slice(-4000)
+      })
+      child.stdin.on("error", () => {})
+      child.once("exit", (code, signal) => {
+        for (const [, resume] of pending) resume({ error: { code: -32003, message: `worker exited (${signal ?? code}): ${stderr}` } })
+        pending.clear()
+      })
+
+      const getData = (key: Key) => call("getData", { key, params: PAYLOAD })
+      const driver: Driver = {
+        pid: child.pid!,
+        seq: async (n, key) => {
+          const t = performance.now()
+          for (let i = 0; i < n; i++) await getData(key)
+          return performance.now() - t
+        },
+        inflight: async (n, width) => {
+          const lane = async (calls: number) => {
+            for (let i = 0; i < calls; i++) await getData("echo")
+          }
+          const t = performance.now()
+          await Promise.all(Array.from({ length: width }, () => lane(n / width)))
+          return performance.now() - t
+        },
+        stop: async () => {
+          live.delete(driver)
+          if (child.exitCode !== null || child.signalCode !== null) return
+          child.stdin.end()
+          const gone = await Promise.race([exited.then(() => true), sleep(3_000).then(() => false)])
+          if (!gone) {
+            child.kill("SIGKILL")
+            await exited
+          }
+        }
+      }
+      live.add(driver)
+      call("initialize", { manifest, config: {}, instanceInfo: { instanceId: "bench", hostVersion: "0.1.0" }, apiVersion: 1 }).then(
+        () => resolveStart({ driver, ms: performance.now() - t0 }),
+        (e: unknown) => {
+          void driver.stop()
+          rejectStart(e)
+        }
+      )
+    })
+  return {
+    name,
+    start,
+    dispose: async () => {
+      await Promise.all([...live].map((d) => d.stop()))
+    }
+  }
+}
+
+// ---- Gantry: the PluginHost service with a real child process ----
+
+export const gantryVariant = async (overrides: Parameters<typeof hostLayer>[0] = {}): Promise<Variant> => {
+  const runtime = ManagedRuntime.make(hostLayer(overrides))
+  await runtime.runPromise(Effect.flatMap(PluginHost, (host) => host.install(GANTRY_FIXTURE)))
+
+  const lane = (calls: number, key: Key) =>
+    Effect.gen(function* () {
+      const host = yield* PluginHost
+      for (let i = 0; i < calls; i++) yield* host.call(GANTRY_ID, "getData", { key, params: PAYLOAD })
+    })
+  const timed = async <A, E>(program: Effect.Effect<A, E, PluginHost>) => {
+    const t = performance.now()
+    await runtime.runPromise(program)
+    return performance.now() - t
+  }
+
+  const start = async () => {
+    const t0 = performance.now()
+    const snap = await runtime.runPromise(Effect.flatMap(PluginHost, (host) => host.start(GANTRY_ID)))
+    const ms = performance.now() - t0
+    const driver: Driver = {
+      pid: snap.pid!,
+      seq: (n, key) => timed(lane(n, key)),
+      inflight: (n, width) =>
+        timed(Effect.forEach(Array.from({ length: width }), () => lane(n / width, "echo"), { concurrency: "unbounded", discard: true })),
+      stop: () => runtime.runPromise(Effect.flatMap(PluginHost, (host) => host.stop(GANTRY_ID)))
+    }
+    return { driver, ms }
+  }
+  return { name: "gantry", start, dispose: () => runtime.dispose() }
+}
+
+// ---- the benchmark ----
+
+const collect = async (variants: ReadonlyArray<Variant>) => {
+  const cold = new Map<VariantName, Array<number>>()
+  const rss = new Map<VariantName, Array<number>>()
+  const seq = new Map<VariantName, Array<number>>()
+  const inflight = new Map<VariantName, Array<number>>()
+  const nested = new Map<VariantName, Array<number>>()
+  const drivers = new Map<VariantName, Driver>()
+  for (const v of variants) {
+    for (const m of [cold, rss, seq, inflight, nested]) m.set(v.name, [])
+  }
+
+  // cold start and idle RSS: a fresh worker each time; the last one stays up for the call figures
+  for (let k = 0; k < COLD_STARTS; k++) {
+    for (const v of variants) {
+      const { driver, ms } = await v.start()
+      cold.get(v.name)!.push(ms)
+      if (k < RSS_SAMPLES) {
+        await sleep(IDLE_MS)
+        rss.get(v.name)!.push(rssMiB(driver.pid))
+      }
+      if (k < COLD_STARTS - 1) await driver.stop()
+      else drivers.set(v.name, driver)
+    }
+  }
+
+  for (const v of variants) {
+    const d = drivers.get(v.name)!
+    await d.seq(1_000, "echo")
+    await d.inflight(INFLIGHT_WIDTH * 100, INFLIGHT_WIDTH)
+    await d.seq(500, "nested")
+  }
+  // interleaved: each figure is taken for every variant back to back, in a rotating order, so load
+  // from elsewhere on the machine hits all variants alike
+  const figures: ReadonlyArray<readonly [Map<VariantName, Array<number>>, number, (d: Driver) => Promise<number>]> = [
+    [seq, SEQ_CALLS, (d) => d.seq(SEQ_CALLS, "echo")],
+    [inflight, INFLIGHT_CALLS, (d) => d.inflight(INFLIGHT_CALLS, INFLIGHT_WIDTH)],
+    [nested, NESTED_CALLS, (d) => d.seq(NESTED_CALLS, "nested")]
+  ]
+  for (let r = 0; r < RUNS; r++) {
+    for (const [into, calls, measure] of figures) {
+      for (let i = 0; i < variants.length; i++) {
+        const v = variants[(i + r) % variants.length]!
+        into.get(v.name)!.push(calls / ((await measure(drivers.get(v.name)!)) / 1000))
+      }
+    }
+  }
+  for (const v of variants) await drivers.get(v.name)!.stop()
+
+  const out = new Map<VariantName, Figures>()
+  for (const v of variants) {
+    out.set(v.name, {
+      coldStartMs: median(cold.get(v.name)!),
+      idleRssMiB: median(rss.get(v.name)!),
+      seqCallsPerS: median(seq.get(v.name)!),
+      inflightCallsPerS: median(inflight.get(v.name)!),
+      nestedCallsPerS: median(nested.get(v.name)!)
+    })
+  }
+  return out
+}
+
+export const rpc = async (): Promise<void> => {
+  const variants: Array<Variant> = []
+  try {
+    variants.push(await gantryVariant())
+    const manifest = join(fixtures, "paperclip-echo", "manifest.json")
+    variants.push(bareVariant("paperclip", join(fixtures, "paperclip-echo"), "worker.mjs", manifest))
+    variants.push(bareVariant("raw", join(fixtures, "raw-echo"), "worker.mjs", manifest))
+    const figures = await collect(variants)
+    for (const [variant, f] of figures) {
+      console.log(JSON.stringify({
+        bench: "rpc",
+        variant,
+        coldStartMs: round(f.coldStartMs, 1),
+        idleRssMiB: round(f.idleRssMiB, 1),
+        seqCallsPerS: Math.round(f.seqCallsPerS),
+        inflightCallsPerS: Math.round(f.inflightCallsPerS),
+        nestedCallsPerS: Math.round(f.nestedCallsPerS)
+      }))
+    }
+    const g = figures.get("gantry")!
+    const p = figures.get("paperclip")!
+    console.log(JSON.stringify({
+      bench: "rpc-ratio",
+      coldStart: round(g.coldStartMs / p.coldStartMs, 2),
+      idleRss: round(g.idleRssMiB / p.idleRssMiB, 2),
+      seq: round(g.seqCallsPerS / p.seqCallsPerS, 2),
+      inflight: round(g.inflightCallsPerS / p.inflightCallsPerS, 2),
+      nested: round(g.nestedCallsPerS / p.nestedCallsPerS, 2)
+    }))
+  } finally {
+    for (const v of variants) await v.dispose()
+  }
+}
