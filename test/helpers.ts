@@ -48,3 +48,15 @@ export const isAlive = (pid: number): boolean => {
 /** Retry `check` until it succeeds or `timeoutMs` passes (no fixed sleeps). */
 export const eventually = <A, E, R>(check: Effect.Effect<A, E, R>, timeoutMs = 10_000) =>
   Effect.retry(check, Schedule.spaced("25 millis").pipe(Schedule.upTo(Duration.millis(timeoutMs))))
+
+import * as Capabilities from "../src/host/capabilities/index.js"
+import * as Redactor from "../src/host/capabilities/Redactor.js"
+import { freshDatabase, type TestDb } from "./db.js"
+
+/** Host on durable stores over a fresh database of `db`'s kind. */
+export const durableHostLayer = (db: TestDb, overrides: Partial<HostOptionsShape> = {}) =>
+  PluginHost.layer.pipe(
+    Layer.provideMerge(Capabilities.layerSql),
+    Layer.provideMerge(Layer.mergeAll(HostOptions.layer(overrides), Redactor.layer)),
+    Layer.provideMerge(freshDatabase(db))
+  )

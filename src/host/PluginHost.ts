@@ -223,12 +223,14 @@ export const make = Effect.gen(function* () {
         yield* Effect.forkIn(Effect.tap(transport.exited, (d) => Effect.sync(() => { exitDesc = d })), scope)
         const invocations = new Map<string, Invocation>()
         const running: { r?: Running } = {}
+        const subscriptions = { keys: new Set<string>(), inFlight: 0 }
         const handlers = makeHandlers({
           pluginId: e.pluginId,
           capabilities: new Set(e.info.activeCapabilities),
           invocations,
           stores,
           workerScope: scope,
+          subscriptions,
           deliver: (event) => callRunning(e, running.r!, "onEvent", { event }, { companyId: event.companyId })
         })
         const peer = yield* Peer.make<never>({
@@ -251,6 +253,14 @@ export const make = Effect.gen(function* () {
         }, { timeoutMs: options.initializeTimeoutMs }).pipe(
           Effect.mapError((err) => new WorkerCrashed(`initialize failed: ${err.message}`))
         )
+        // subscriptions sent during setup (Paperclip workers do not await them) settle, then records
+        // this incarnation did not subscribe to are retired
+        yield* Effect.repeat(Effect.sync(() => subscriptions.inFlight), {
+          while: (n) => n > 0,
+          schedule: Schedule.spaced(Duration.millis(5)).pipe(Schedule.upTo(Duration.seconds(5)))
+        })
+        const dropped = yield* stores.events.retire(e.pluginId, [...subscriptions.keys])
+        if (dropped > 0) yield* log(e, "info", `retired stale event subscriptions: ${dropped} undelivered deliveries dropped`)
         const methods = (init as { supportedMethods?: unknown } | null)?.supportedMethods
         e.supportedMethods = Array.isArray(methods) ? methods.filter((m): m is string => typeof m === "string") : []
         for (const companyId of yield* stores.config.companies(e.pluginId)) {

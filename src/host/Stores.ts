@@ -32,6 +32,9 @@ export interface CapabilityStoresShape {
     /** Attach `deliver` to the (plugin, pattern, filter) subscription for the life of the scope. */
     readonly subscribe: (pluginId: string, pattern: string, filter: EventFilter | null, deliver: Deliver) => Effect.Effect<void, RpcError, Scope.Scope>
     readonly emit: (event: EventEnvelope) => Effect.Effect<void, RpcError>
+    /** After a worker started: retire this plugin's subscriptions whose key is not in `keep`
+     * (their undelivered rows are dropped); returns how many deliveries were dropped. */
+    readonly retire: (pluginId: string, keep: ReadonlyArray<string>) => Effect.Effect<number>
   }
   readonly secrets: {
     readonly resolve: (pluginId: string, companyId: string, ref: SecretRef | string, configPath: string | null) => Effect.Effect<string, RpcError>
@@ -50,6 +53,10 @@ export class CapabilityStores extends Context.Tag("gantry/CapabilityStores")<Cap
 export const MAX_STATE_BYTES = 1024 * 1024
 const LOG_CAP = 2_000
 const deliveryRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(8)))
+
+/** Identity of a subscription record: (plugin, pattern, filter). */
+export const subscriptionKey = (pattern: string, filter: EventFilter | null | undefined): string =>
+  JSON.stringify([pattern, filter ? { agentId: filter.agentId, companyId: filter.companyId, projectId: filter.projectId } : null])
 
 export const stateKeyString = (pluginId: string, k: StateKey) =>
   JSON.stringify([pluginId, k.scopeKind, k.scopeId ?? null, k.namespace ?? "default", k.stateKey])
@@ -117,7 +124,14 @@ export const makeMemory = Effect.sync((): MemoryStores => {
           [...subs.values()].filter((s) => patternMatches(s.pattern, event.eventType) && filterMatches(s.filter, event)),
           (s) => Effect.forEach(s.delivers, (d) => Effect.ignore(Effect.retry(d(event), deliveryRetry)), { discard: true, concurrency: "unbounded" }),
           { discard: true, concurrency: "unbounded" }
-        )
+        ),
+      retire: (pluginId, keep) =>
+        Effect.sync(() => {
+          for (const [k, s] of subs) {
+            if (s.pluginId === pluginId && !keep.includes(subscriptionKey(s.pattern, s.filter))) subs.delete(k)
+          }
+          return 0
+        })
     },
     secrets: {
       resolve: (_pluginId, companyId, ref) => {

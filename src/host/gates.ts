@@ -8,7 +8,7 @@ import { validatePattern } from "../protocol/events.js"
 import * as M from "../protocol/methods.js"
 import type * as Peer from "../rpc/Peer.js"
 import type { LogLevel } from "../sdk/capabilities.js"
-import type { CapabilityStoresShape, Deliver } from "./Stores.js"
+import { subscriptionKey, type CapabilityStoresShape, type Deliver } from "./Stores.js"
 
 export interface Invocation {
   readonly companyId: string
@@ -23,6 +23,8 @@ export interface GateContext {
   /** Scope of the worker: subscriptions made by it are released when it ends. */
   readonly workerScope: Scope.Scope
   readonly deliver: Deliver
+  /** Subscriptions made by this worker incarnation (their keys), and how many are still being recorded. */
+  readonly subscriptions: { readonly keys: Set<string>; inFlight: number }
 }
 
 /** Build the handler table a host Peer serves for one worker. */
@@ -62,9 +64,13 @@ export const makeHandlers = (g: GateContext): ((method: string) => Peer.Handler<
       const bad = validatePattern(p.eventPattern)
       if (bad) return Effect.fail(new InvalidParams({ message: bad, data: { field: "eventPattern" } }))
       const filter = p.filter ?? null
+      g.subscriptions.inFlight++
       return Effect.zipRight(
         companyGate(filter?.companyId, ctx),
         Effect.as(Scope.extend(stores.events.subscribe(pluginId, p.eventPattern, filter, g.deliver), g.workerScope), null)
+      ).pipe(
+        Effect.tap(() => Effect.sync(() => g.subscriptions.keys.add(subscriptionKey(p.eventPattern, filter)))),
+        Effect.ensuring(Effect.sync(() => { g.subscriptions.inFlight-- }))
       )
     },
     "events.emit": (p: typeof M.EventsEmitParams.Type, ctx) => {
