@@ -50,13 +50,14 @@ export const eventually = <A, E, R>(check: Effect.Effect<A, E, R>, timeoutMs = 1
   Effect.retry(check, Schedule.spaced("25 millis").pipe(Schedule.upTo(Duration.millis(timeoutMs))))
 
 import * as Capabilities from "../src/host/capabilities/index.js"
+import { PluginRecords } from "../src/host/PluginRecords.js"
 import * as Redactor from "../src/host/capabilities/Redactor.js"
 import { freshDatabase, type TestDb } from "./db.js"
 
 /** Host on durable stores over a fresh database of `db`'s kind. */
 export const durableHostLayer = (db: TestDb, overrides: Partial<HostOptionsShape> = {}) =>
   PluginHost.layer.pipe(
-    Layer.provideMerge(Capabilities.layerSql),
+    Layer.provideMerge(Layer.merge(Capabilities.layerSql, PluginRecords.layerSql)),
     Layer.provideMerge(Layer.mergeAll(HostOptions.layer(overrides), Redactor.layer)),
     Layer.provideMerge(freshDatabase(db))
   )

@@ -36,6 +36,7 @@ import { makeHandlers, type Invocation } from "./gates.js"
 import { HostOptions, type HostOptionsShape } from "./HostOptions.js"
 import { loadPluginFolder } from "./loader.js"
 import { CapabilityStores } from "./Stores.js"
+import { PluginRecords } from "./PluginRecords.js"
 import { inProcess, spawnWorker, type Transport } from "./Transport.js"
 
 export type PluginStatus = "installed" | "ready" | "disabled" | "error" | "uninstalled"
@@ -135,7 +136,15 @@ export class PluginHost extends Context.Tag("gantry/PluginHost")<PluginHost, Plu
 export const make = Effect.gen(function* () {
   const options = yield* HostOptions
   const stores = yield* CapabilityStores
+  // persisted when a PluginRecords layer is provided (the server does); in memory otherwise
+  const records = yield* Effect.flatMap(Effect.serviceOption(PluginRecords), (o) =>
+    o._tag === "Some" ? Effect.succeed(o.value) : Effect.provide(PluginRecords, PluginRecords.layerMemory))
   const entries = new Map<string, Entry>()
+  const setStatus = (e: Entry, status: PluginStatus) =>
+    Effect.suspend(() => {
+      e.status = status
+      return records.setStatus(e.pluginId, status, e.lastError)
+    })
   const supervisors = yield* FiberMap.make<string>()
   const runtime = yield* Effect.runtime<never>()
   const runBackground = Runtime.runFork(runtime)
@@ -178,7 +187,10 @@ export const make = Effect.gen(function* () {
         supportedMethods: [], crashes: [], restarts: 0, current: undefined, stopSignal: undefined, stderrTail: ""
       }
       entries.set(id, e)
-      return Effect.succeed(snapshot(e))
+      return Effect.as(
+        records.upsert({ id, root, version: info.manifest.version, manifest: info.manifest, status: "installed", lastError: null }),
+        snapshot(e)
+      )
     })
 
   const log = (e: Entry, level: "debug" | "info" | "warn" | "error", message: string) => stores.log.append(e.pluginId, level, message)
@@ -271,7 +283,7 @@ export const make = Effect.gen(function* () {
         }
         e.current = r
         e.workerStatus = "running"
-        e.status = "ready"
+        yield* setStatus(e, "ready")
         yield* Deferred.succeed(firstStart, undefined)
         yield* log(e, "info", `worker started${transport.pid ? ` (pid ${transport.pid})` : ""}`)
 
@@ -326,8 +338,8 @@ export const make = Effect.gen(function* () {
           yield* log(e, "error", err.message)
           yield* Deferred.fail(firstStart, new PluginStartFailed({ pluginId: e.pluginId, message: err.message }))
           if (e.crashes.length >= options.crashLimit) {
-            e.status = "error"
             e.lastError = `crash loop: ${e.crashes.length} crashes within ${options.crashWindowMs} ms; last: ${err.message}`
+            yield* setStatus(e, "error")
             yield* log(e, "error", `${e.lastError}; not restarting until re-enabled`)
             return
           }
@@ -352,9 +364,9 @@ export const make = Effect.gen(function* () {
         yield* Deferred.succeed(e.stopSignal!, undefined)
         yield* Fiber.await(running.value)
       }
-      e.status = e.status === "error" || e.status === "disabled" ? "installed" : e.status
       e.crashes = []
       e.lastError = null
+      if (e.status === "error" || e.status === "disabled") yield* setStatus(e, "installed")
       e.stopSignal = yield* Deferred.make<void>()
       const firstStart = yield* Deferred.make<void, PluginStartFailed>()
       yield* FiberMap.run(supervisors, pluginId, supervise(e, firstStart))
@@ -391,8 +403,8 @@ export const make = Effect.gen(function* () {
       }),
     start,
     stop: (pluginId) => Effect.flatMap(find(pluginId), stopEntry),
-    disable: (pluginId) => Effect.flatMap(find(pluginId), (e) => Effect.tap(stopEntry(e), () => Effect.sync(() => { e.status = "disabled" }))),
-    uninstall: (pluginId) => Effect.flatMap(find(pluginId), (e) => Effect.tap(stopEntry(e), () => Effect.sync(() => { e.status = "uninstalled" }))),
+    disable: (pluginId) => Effect.flatMap(find(pluginId), (e) => Effect.zipRight(stopEntry(e), setStatus(e, "disabled"))),
+    uninstall: (pluginId) => Effect.flatMap(find(pluginId), (e) => Effect.zipRight(stopEntry(e), setStatus(e, "uninstalled"))),
     list: Effect.sync(() => [...entries.values()].filter((e) => e.status !== "uninstalled").map(snapshot)),
     status: (pluginId) => Effect.map(find(pluginId), snapshot),
     manifest: (pluginId) => Effect.map(find(pluginId), (e) => e.info),
