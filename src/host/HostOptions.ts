@@ -1,5 +1,10 @@
 // Host tunables (SPEC §3.4, §4), from `GANTRY_*` config with the spec's defaults.
 import { Config, Context, Effect, Layer } from "effect"
+import { randomUUID } from "node:crypto"
+import { hostname } from "node:os"
+
+/** A fresh id per host process: leases and job runs record their owner by it (GANTRY_INSTANCE_ID overrides). */
+const freshInstanceId = () => `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`
 
 export interface HostOptionsShape {
   readonly instanceId: string
@@ -51,7 +56,7 @@ const workerEnvConfig = Effect.gen(function* () {
 
 export class HostOptions extends Context.Tag("gantry/HostOptions")<HostOptions, HostOptionsShape>() {
   static readonly layer = (overrides: Partial<HostOptionsShape> = {}) =>
-    Layer.effect(HostOptions, Effect.map(workerEnvConfig, (workerEnv) => ({ ...defaults, workerEnv, ...overrides })))
+    Layer.effect(HostOptions, Effect.map(workerEnvConfig, (workerEnv) => ({ ...defaults, instanceId: freshInstanceId(), workerEnv, ...overrides })))
 
   static readonly layerConfig = Layer.effect(
     HostOptions,
@@ -60,7 +65,7 @@ export class HostOptions extends Context.Tag("gantry/HostOptions")<HostOptions, 
       return {
         ...defaults,
         workerEnv: yield* workerEnvConfig,
-        instanceId: yield* Config.string("GANTRY_INSTANCE_ID").pipe(Config.withDefault(defaults.instanceId)),
+        instanceId: yield* Config.string("GANTRY_INSTANCE_ID").pipe(Config.withDefault(freshInstanceId())),
         callTimeoutMs: yield* int("GANTRY_CALL_TIMEOUT_MS", defaults.callTimeoutMs),
         healthIntervalMs: yield* int("GANTRY_HEALTH_INTERVAL_MS", defaults.healthIntervalMs),
         restartBaseMs: yield* int("GANTRY_RESTART_BASE_MS", defaults.restartBaseMs),

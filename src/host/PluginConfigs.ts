@@ -1,7 +1,7 @@
 // Saving a plugin's per-company config (SPEC §5.1): JSON-Schema validation (Ajv) against the
 // manifest's instanceConfigSchema, then the plugin's own validateConfig, then save + configChanged.
 import { Context, Effect, Layer, Schema } from "effect"
-import AjvModule from "ajv"
+import { validateAgainst } from "./jsonSchema.js"
 import type { RpcError } from "../protocol/errors.js"
 import type { PluginNotFound } from "./errors.js"
 import { PluginHost } from "./PluginHost.js"
@@ -21,30 +21,6 @@ export interface ConfigTestResult {
   readonly warnings: ReadonlyArray<string>
 }
 
-const Ajv = ((AjvModule as unknown as { default?: unknown }).default ?? AjvModule) as unknown as new (o: object) => {
-  addFormat: (name: string, f: unknown) => void
-  addKeyword: (k: string) => void
-  compile: (schema: unknown) => ((data: unknown) => boolean) & { errors?: Array<{ instancePath: string; message?: string }> | null }
-}
-
-const isSecretRef = (u: unknown) =>
-  typeof u === "object" && u !== null && (u as { type?: unknown }).type === "secret_ref" && typeof (u as { secretId?: unknown }).secretId === "string"
-
-/** Walk the schema for `format: "secret-ref"` fields: their values must be secret refs, never raw values. */
-const secretRefProblems = (schema: unknown, value: unknown, path: string, out: Array<string>) => {
-  if (!schema || typeof schema !== "object") return
-  const s = schema as Record<string, unknown>
-  if (s.format === "secret-ref" && value !== undefined && !isSecretRef(value)) {
-    out.push(`${path || "/"}: must be a secret reference {type:"secret_ref", secretId}, not a value`)
-    return
-  }
-  if (s.properties && typeof s.properties === "object" && value && typeof value === "object") {
-    for (const [k, sub] of Object.entries(s.properties as Record<string, unknown>)) {
-      secretRefProblems(sub, (value as Record<string, unknown>)[k], `${path}/${k}`, out)
-    }
-  }
-}
-
 export class PluginConfigs extends Context.Tag("gantry/PluginConfigs")<PluginConfigs, {
   /** Validate without saving (the API's config test). */
   readonly test: (pluginId: string, config: Record<string, unknown>) => Effect.Effect<ConfigTestResult, PluginNotFound | RpcError>
@@ -56,11 +32,6 @@ export class PluginConfigs extends Context.Tag("gantry/PluginConfigs")<PluginCon
 export const make = Effect.gen(function* () {
   const host = yield* PluginHost
   const stores = yield* CapabilityStores
-  const ajv = new Ajv({ allErrors: true, strict: false })
-  ajv.addFormat("secret-ref", { type: "object", validate: isSecretRef } as never)
-  ajv.addFormat("secret-ref-string", true)
-  const compiled = new Map<string, ReturnType<typeof ajv.compile>>()
-
   const test = Effect.fn("PluginConfigs.test")(function* (pluginId: string, config: Record<string, unknown>) {
     const info = yield* host.manifest(pluginId)
     const schema = info.manifest.instanceConfigSchema
@@ -68,16 +39,7 @@ export const make = Effect.gen(function* () {
     if (typeof config !== "object" || config === null || Array.isArray(config)) {
       return { ok: false, errors: ["config: must be a JSON object"], warnings: [] }
     }
-    if (schema) {
-      const key = `${pluginId}@${info.manifest.version}`
-      let validate = compiled.get(key)
-      if (!validate) {
-        validate = ajv.compile(schema)
-        compiled.set(key, validate)
-      }
-      if (!validate(config)) for (const e of validate.errors ?? []) errors.push(`${e.instancePath || "/"}: ${e.message ?? "invalid"}`)
-      secretRefProblems(schema, config, "", errors)
-    }
+    if (schema) errors.push(...validateAgainst(schema, config))
     let warnings: ReadonlyArray<string> = []
     const status = yield* host.status(pluginId)
     if (errors.length === 0 && status.workerStatus === "running" && status.supportedMethods.includes("validateConfig")) {
