@@ -61,3 +61,15 @@ export const durableHostLayer = (db: TestDb, overrides: Partial<HostOptionsShape
     Layer.provideMerge(Layer.mergeAll(HostOptions.layer(overrides), Redactor.layer)),
     Layer.provideMerge(freshDatabase(db))
   )
+
+import * as App from "../src/server/App.js"
+import { mkdtempSync as mkdtempSync_ } from "node:fs"
+import { tmpdir as tmpdir_ } from "node:os"
+import { freshDatabaseUrl } from "./db.js"
+
+/** The whole application over a fresh database of `db`'s kind and a temp data dir. */
+export const appLayer = (db: TestDb, o: Omit<App.AppOptions, "dataDir" | "databaseUrl"> & { readonly dataDir?: string } = {}) =>
+  Layer.unwrapScoped(
+    Effect.map(freshDatabaseUrl(db), (url) =>
+      App.layer({ ...o, databaseUrl: url, dataDir: o.dataDir ?? mkdtempSync_(join(tmpdir_(), "gantry-app-")) }))
+  )

@@ -23,6 +23,7 @@ import {
   NotImplemented,
   WorkerError,
   WorkerUnavailable,
+  fromWire,
   type RpcError
 } from "../protocol/errors.js"
 import type { ManifestInfo } from "../protocol/manifest.js"
@@ -36,6 +37,7 @@ import { makeHandlers, type Invocation } from "./gates.js"
 import { HostOptions, type HostOptionsShape } from "./HostOptions.js"
 import { loadPluginFolder } from "./loader.js"
 import { CapabilityStores } from "./Stores.js"
+import { Redactor } from "./capabilities/Redactor.js"
 import { PluginRecords } from "./PluginRecords.js"
 import { inProcess, spawnWorker, type Transport } from "./Transport.js"
 
@@ -136,6 +138,14 @@ export class PluginHost extends Context.Tag("gantry/PluginHost")<PluginHost, Plu
 export const make = Effect.gen(function* () {
   const options = yield* HostOptions
   const stores = yield* CapabilityStores
+  // secret values the host has seen are scrubbed from what workers send back (results, errors, crash text)
+  const redactor = yield* Effect.map(Effect.serviceOption(Redactor), (o) => (o._tag === "Some" ? o.value : undefined))
+  const scrub = <A>(a: A): A => (redactor ? redactor.redactValue(a) : a)
+  const scrubError = (err: RpcError): RpcError => {
+    const message = scrub(err.message)
+    const data = scrub(err.data)
+    return message === err.message && data === err.data ? err : fromWire(data === undefined ? { code: err.code, message } : { code: err.code, message, data })
+  }
   // persisted when a PluginRecords layer is provided (the server does); in memory otherwise
   const records = yield* Effect.flatMap(Effect.serviceOption(PluginRecords), (o) =>
     o._tag === "Some" ? Effect.succeed(o.value) : Effect.provide(PluginRecords, PluginRecords.layerMemory))
@@ -203,9 +213,11 @@ export const make = Effect.gen(function* () {
 
   const callRunning = (e: Entry, r: Running, method: string, params: unknown, o?: CallOptions) => {
     const timeoutMs = o?.timeoutMs ?? timeoutFor(options, method, params)
-    if (!o?.companyId) return r.peer.call(method, params, { timeoutMs })
+    if (!o?.companyId) return r.peer.call(method, params, { timeoutMs }).pipe(Effect.map(scrub), Effect.mapError(scrubError))
     const inv = invocationFor(r, o.companyId, o.onExecuteLog ? { onExecuteLog: o.onExecuteLog } : {})
     return r.peer.call(method, params, { timeoutMs, invocation: inv }).pipe(
+      Effect.map(scrub),
+      Effect.mapError(scrubError),
       Effect.ensuring(Effect.sync(() => r.invocations.delete(inv.id)))
     )
   }
@@ -242,6 +254,7 @@ export const make = Effect.gen(function* () {
           invocations,
           stores,
           workerScope: scope,
+          redact: scrub,
           subscriptions,
           deliver: (event) => callRunning(e, running.r!, "onEvent", { event }, { companyId: event.companyId })
         })
@@ -331,14 +344,15 @@ export const make = Effect.gen(function* () {
       Effect.tapError((err) =>
         Effect.gen(function* () {
           const now = yield* Clock.currentTimeMillis
+          const message = scrub(err.message)
           e.current = undefined
           e.workerStatus = "crashed"
-          e.lastError = err.message
+          e.lastError = message
           e.crashes = [...e.crashes.filter((t) => now - t < options.crashWindowMs), now]
-          yield* log(e, "error", err.message)
-          yield* Deferred.fail(firstStart, new PluginStartFailed({ pluginId: e.pluginId, message: err.message }))
+          yield* log(e, "error", message)
+          yield* Deferred.fail(firstStart, new PluginStartFailed({ pluginId: e.pluginId, message }))
           if (e.crashes.length >= options.crashLimit) {
-            e.lastError = `crash loop: ${e.crashes.length} crashes within ${options.crashWindowMs} ms; last: ${err.message}`
+            e.lastError = `crash loop: ${e.crashes.length} crashes within ${options.crashWindowMs} ms; last: ${message}`
             yield* setStatus(e, "error")
             yield* log(e, "error", `${e.lastError}; not restarting until re-enabled`)
             return

@@ -46,6 +46,21 @@ export const spawnWorker = (o: ProcessOptions): Effect.Effect<Transport, never, 
       const done = (desc: string) => Deferred.unsafeDone(exited, Effect.succeed(desc))
       child.on("exit", (code, signal) => done(signal ? `killed by ${signal}` : `exit code ${code}`))
       child.on("error", (e) => done(`spawn failed: ${e.message}`))
+      // resolves true when the child has exited, false after `ms`; needs no interruption, so it
+      // also bounds the wait inside an (uninterruptible) finalizer of an interrupted fiber
+      const exitWithin = (ms: number) =>
+        Effect.async<boolean>((resume) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.succeed(true))
+          const onExit = () => {
+            clearTimeout(timer)
+            resume(Effect.succeed(true))
+          }
+          const timer = setTimeout(() => {
+            child.off("exit", onExit)
+            resume(Effect.succeed(false))
+          }, ms)
+          child.once("exit", onExit)
+        })
       return {
         transport: {
           input: child.stdout!,
@@ -55,19 +70,17 @@ export const spawnWorker = (o: ProcessOptions): Effect.Effect<Transport, never, 
           pid: child.pid
         } satisfies Transport,
         child,
-        exited
+        exitWithin
       }
     }),
-    ({ child, exited }) =>
+    ({ child, exitWithin }) =>
       Effect.gen(function* () {
         if (child.exitCode !== null || child.signalCode !== null) return
         child.stdin?.end()
         child.kill("SIGTERM")
-        // finalizers are uninterruptible: the wait must be made interruptible for the timeout to fire
-        const gone = yield* Effect.timeout(Effect.interruptible(Deferred.await(exited)), Duration.millis(o.sigtermGraceMs)).pipe(Effect.option)
-        if (gone._tag === "None") {
+        if (!(yield* exitWithin(o.sigtermGraceMs))) {
           child.kill("SIGKILL")
-          yield* Effect.timeout(Effect.interruptible(Deferred.await(exited)), Duration.seconds(5)).pipe(Effect.ignore)
+          yield* exitWithin(5_000)
         }
       })
   ).pipe(Effect.map((r) => r.transport))

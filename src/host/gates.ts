@@ -25,11 +25,14 @@ export interface GateContext {
   readonly deliver: Deliver
   /** Subscriptions made by this worker incarnation (their keys), and how many are still being recorded. */
   readonly subscriptions: { readonly keys: Set<string>; inFlight: number }
+  /** Scrubs known secret values from what a plugin persists or publishes (state values, event payloads, execute output). */
+  readonly redact?: <A>(value: A) => A
 }
 
 /** Build the handler table a host Peer serves for one worker. */
 export const makeHandlers = (g: GateContext): ((method: string) => Peer.Handler<never> | undefined) => {
   const { pluginId, stores } = g
+  const redact = g.redact ?? (<A>(a: A) => a)
 
   const capabilityGate = (method: string): CapabilityDenied | undefined => {
     const cap = capabilityFor(method)
@@ -57,7 +60,7 @@ export const makeHandlers = (g: GateContext): ((method: string) => Peer.Handler<
       Effect.flatMap(companyGate(p.companyId, ctx), (c) => (c === null ? Effect.succeed({}) : stores.config.get(pluginId, c))),
     "state.get": (p: M.StateKey, ctx) => Effect.zipRight(companyGate(stateCompany(p), ctx), stores.state.get(pluginId, p)),
     "state.set": (p: typeof M.StateSetParams.Type, ctx) =>
-      Effect.zipRight(companyGate(stateCompany(p), ctx), Effect.as(stores.state.set(pluginId, p, p.value), null)),
+      Effect.zipRight(companyGate(stateCompany(p), ctx), Effect.as(stores.state.set(pluginId, p, redact(p.value)), null)),
     "state.delete": (p: M.StateKey, ctx) =>
       Effect.zipRight(companyGate(stateCompany(p), ctx), Effect.as(stores.state.delete(pluginId, p), null)),
     "events.subscribe": (p: typeof M.EventsSubscribeParams.Type, ctx) => {
@@ -87,7 +90,7 @@ export const makeHandlers = (g: GateContext): ((method: string) => Peer.Handler<
           actorId: pluginId,
           actorType: "plugin",
           companyId,
-          payload: p.payload ?? null
+          payload: redact(p.payload ?? null)
         })
         return null
       })
@@ -102,7 +105,7 @@ export const makeHandlers = (g: GateContext): ((method: string) => Peer.Handler<
     "execute.log": (p: typeof M.ExecuteLogParams.Type, ctx) =>
       Effect.sync(() => {
         const inv = ctx.invocationId ? g.invocations.get(ctx.invocationId) : undefined
-        inv?.onExecuteLog?.(p.stream, p.chunk)
+        inv?.onExecuteLog?.(p.stream, redact(p.chunk))
         return null
       })
   }

@@ -15,6 +15,12 @@ const field = (event: EventEnvelope, key: "agentId" | "projectId", entityType: s
   return typeof v === "string" ? v : undefined
 }
 
+/** The agent and project an event is about, as the `agentId`/`projectId` filters see them. */
+export const filterFields = (event: EventEnvelope): { agentId: string | null; projectId: string | null } => ({
+  agentId: field(event, "agentId", "agent") ?? null,
+  projectId: field(event, "projectId", "project") ?? null
+})
+
 /** Filters are ANDed: companyId, agentId, projectId. */
 export const filterMatches = (filter: EventFilter | null | undefined, event: EventEnvelope): boolean => {
   if (!filter) return true

@@ -115,3 +115,4 @@ export const createTestHarness = async (plugin: Plugin | PaperclipPlugin, option
     close: () => runtime.dispose()
   }
 }
+export * from "./fakeSandbox.js"

@@ -1,10 +1,13 @@
 // Durable host capability backends on the one SqlClient (SPEC §5): the SQL implementation of
 // CapabilityStores, assembled from one module per capability.
 import { Config, Effect, Layer } from "effect"
-import { CapabilityStores, makeMemory } from "../Stores.js"
+import { CapabilityStores } from "../Stores.js"
 import * as ConfigStore from "./ConfigStore.js"
+import * as EventBus from "./EventBus.js"
+import * as HttpEgress from "./HttpEgress.js"
 import * as PluginLog from "./PluginLog.js"
 import { Redactor } from "./Redactor.js"
+import * as SecretStore from "./SecretStore.js"
 import * as StateStore from "./StateStore.js"
 
 export const layerSql = Layer.scoped(
@@ -12,14 +15,14 @@ export const layerSql = Layer.scoped(
   Effect.gen(function* () {
     const redactor = yield* Redactor
     const retention = yield* Config.integer("GANTRY_LOG_RETENTION").pipe(Config.withDefault(5_000), Effect.orDie)
-    const memory = yield* makeMemory
+    const log = yield* PluginLog.make({ retention, redact: redactor.redact })
     return {
       config: yield* ConfigStore.make,
       state: yield* StateStore.make,
-      log: yield* PluginLog.make({ retention, redact: redactor.redact }),
-      events: memory.events,
-      secrets: memory.secrets,
-      http: memory.http
+      log,
+      events: yield* EventBus.make({ log: log.append }),
+      secrets: SecretStore.capability(yield* SecretStore.fromContextOrConfig),
+      http: HttpEgress.capability(yield* HttpEgress.fromContextOrConfig)
     }
   })
 )

@@ -1,0 +1,391 @@
+// Environments (SPEC §6): the model and repo, per-company local environment, sandbox config
+// validated by the provider plugin (configSchema + environmentValidateConfig, normalizedConfig
+// replaces it; secret fields as refs only), selection precedence, probe.
+import { SqlClient } from "@effect/sql"
+import { Clock, Context, Effect, Layer, Schema } from "effect"
+import { randomUUID } from "node:crypto"
+import { validateAgainst } from "../host/jsonSchema.js"
+import { Companies, type CompanyNotFound } from "../work/Companies.js"
+import { CapabilityStores } from "../host/Stores.js"
+import { Executor } from "./Execution.js"
+import { defaultPolicy, Leases, type LeasePolicy } from "./Leases.js"
+import { Providers, type ProviderInfo } from "./Provider.js"
+
+export type Driver = "local" | "sandbox"
+
+export interface Environment {
+  readonly id: string
+  readonly companyId: string
+  readonly name: string
+  readonly description: string | null
+  readonly driver: Driver
+  readonly status: "active" | "archived"
+  readonly config: Record<string, unknown>
+  readonly createdAt: string
+  readonly updatedAt: string
+}
+
+export class EnvironmentNotFound extends Schema.TaggedError<EnvironmentNotFound>()("EnvironmentNotFound", {
+  environmentId: Schema.String,
+  message: Schema.String
+}) {
+  get status() { return 404 }
+}
+export class EnvironmentConflict extends Schema.TaggedError<EnvironmentConflict>()("EnvironmentConflict", {
+  message: Schema.String
+}) {
+  get status() { return 409 }
+}
+export class EnvironmentInvalid extends Schema.TaggedError<EnvironmentInvalid>()("EnvironmentInvalid", {
+  message: Schema.String,
+  errors: Schema.Array(Schema.String)
+}) {
+  get status() { return 422 }
+}
+/** Selecting an archived environment, or one whose provider is missing. */
+export class EnvironmentUnavailable extends Schema.TaggedError<EnvironmentUnavailable>()("EnvironmentUnavailable", {
+  environmentId: Schema.String,
+  message: Schema.String
+}) {
+  get status() { return 422 }
+}
+export class EnvironmentInUse extends Schema.TaggedError<EnvironmentInUse>()("EnvironmentInUse", {
+  environmentId: Schema.String,
+  liveLeases: Schema.Number,
+  message: Schema.String
+}) {
+  get status() { return 409 }
+}
+
+/** Host-owned fields of a sandbox config; every other field belongs to the provider. */
+const HOST_FIELDS = ["provider", "timeoutMs", "ttlMs", "reuseLease", "onFailure", "env"] as const
+
+export interface SandboxSettings {
+  readonly provider: ProviderInfo
+  readonly providerConfig: Record<string, unknown>
+  readonly policy: LeasePolicy
+  /** Explicit variables of the environment, passed to every command. */
+  readonly env: Record<string, string>
+}
+
+export interface CreateInput {
+  readonly name: string
+  readonly description?: string | null
+  readonly driver: Driver
+  readonly config?: Record<string, unknown>
+}
+export interface PatchInput {
+  readonly name?: string
+  readonly description?: string | null
+  readonly config?: Record<string, unknown>
+}
+
+export interface ProbeStep {
+  readonly step: string
+  readonly ok: boolean
+  readonly ms: number
+  readonly detail?: string
+}
+export interface ProbeReport {
+  readonly ok: boolean
+  readonly summary: string
+  readonly steps: ReadonlyArray<ProbeStep>
+  readonly diagnostics?: ReadonlyArray<unknown>
+}
+
+type Row = {
+  id: string; company_id: string; name: string; description: string | null; driver: Driver
+  status: "active" | "archived"; config: string; created_at: number; updated_at: number
+}
+const toEnv = (r: Row): Environment => ({
+  id: r.id,
+  companyId: r.company_id,
+  name: r.name,
+  description: r.description,
+  driver: r.driver,
+  status: r.status,
+  config: JSON.parse(r.config),
+  createdAt: new Date(Number(r.created_at)).toISOString(),
+  updatedAt: new Date(Number(r.updated_at)).toISOString()
+})
+
+const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+const isStringMap = (u: unknown): u is Record<string, string> => isRecord(u) && Object.values(u).every((v) => typeof v === "string")
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/
+
+export class Environments extends Context.Tag("gantry/Environments")<Environments, {
+  readonly create: (companyId: string, input: CreateInput) => Effect.Effect<Environment, EnvironmentInvalid | EnvironmentConflict | CompanyNotFound>
+  readonly get: (id: string) => Effect.Effect<Environment, EnvironmentNotFound>
+  readonly list: (companyId: string, options?: { readonly includeArchived?: boolean }) => Effect.Effect<ReadonlyArray<Environment>, CompanyNotFound>
+  readonly patch: (id: string, input: PatchInput) => Effect.Effect<Environment, EnvironmentNotFound | EnvironmentInvalid | EnvironmentConflict>
+  readonly archive: (id: string) => Effect.Effect<Environment, EnvironmentNotFound>
+  readonly remove: (id: string) => Effect.Effect<void, EnvironmentNotFound | EnvironmentInUse>
+  /** The company's `local` environment, created on demand. */
+  readonly local: (companyId: string) => Effect.Effect<Environment, CompanyNotFound>
+  /** First that is set: explicit → agent default → company default → local. */
+  readonly select: (companyId: string, candidates: { readonly explicit?: string | null; readonly agentDefault?: string | null }) =>
+    Effect.Effect<Environment, EnvironmentNotFound | EnvironmentUnavailable | CompanyNotFound>
+  /** Resolve a sandbox environment's provider and split its config (422 if the provider is gone). */
+  readonly sandboxSettings: (env: Environment) => Effect.Effect<SandboxSettings, EnvironmentUnavailable>
+  /** Probe an unsaved config (`environmentProbe`) or a saved environment (a real lease cycle). */
+  readonly probeConfig: (companyId: string, input: CreateInput) => Effect.Effect<ProbeReport, EnvironmentInvalid | CompanyNotFound>
+  readonly probe: (id: string) => Effect.Effect<ProbeReport, EnvironmentNotFound | EnvironmentUnavailable>
+}>() {}
+
+export const make = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  const providers = yield* Providers
+  const companies = yield* Companies
+  const leases = yield* Leases
+  const executor = yield* Executor
+  const stores = yield* CapabilityStores
+
+  const emit = (eventType: string, env: Environment) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      stores.events.emit({
+        eventId: randomUUID(), eventType, occurredAt: new Date(now).toISOString(), entityId: env.id,
+        entityType: "environment", actorType: "system", companyId: env.companyId,
+        payload: { environmentId: env.id, name: env.name, driver: env.driver, status: env.status }
+      })).pipe(Effect.ignore)
+
+  const get = (id: string) =>
+    sql<Row>`SELECT * FROM environments WHERE id = ${id}`.pipe(
+      Effect.orDie,
+      Effect.flatMap((rows) => rows.length === 0
+        ? Effect.fail(new EnvironmentNotFound({ environmentId: id, message: `environment "${id}" not found` }))
+        : Effect.succeed(toEnv(rows[0]!)))
+    )
+
+  const invalid = (errors: ReadonlyArray<string>) =>
+    new EnvironmentInvalid({ message: `invalid environment: ${errors.join("; ")}`, errors })
+
+  /** Validate a config for its driver; returns the config to store (normalized by the provider). */
+  const validateConfig = (companyId: string, driver: unknown, config: unknown) =>
+    Effect.gen(function* () {
+      if (driver !== "local" && driver !== "sandbox") return yield* invalid([`driver: must be "local" or "sandbox"`])
+      const cfg = config === undefined ? {} : config
+      if (!isRecord(cfg)) return yield* invalid(["config: must be an object"])
+      const errors: Array<string> = []
+      if (cfg.env !== undefined) {
+        if (!isStringMap(cfg.env)) errors.push("config.env: must map variable names to strings")
+        else for (const k of Object.keys(cfg.env)) if (!ENV_NAME_RE.test(k)) errors.push(`config.env: invalid variable name "${k}"`)
+      }
+      if (driver === "local") {
+        for (const k of Object.keys(cfg)) if (k !== "env" && k !== "workspacePath") errors.push(`config.${k}: unknown field for a local environment`)
+        if (cfg.workspacePath !== undefined && typeof cfg.workspacePath !== "string") errors.push("config.workspacePath: must be a string")
+        if (errors.length > 0) return yield* invalid(errors)
+        return cfg
+      }
+      if (typeof cfg.provider !== "string" || cfg.provider.length === 0) errors.push(`config.provider: required ("<pluginId>/<driverKey>" or "<driverKey>")`)
+      for (const k of ["timeoutMs", "ttlMs"] as const) {
+        if (cfg[k] !== undefined && (typeof cfg[k] !== "number" || !Number.isInteger(cfg[k]) || (cfg[k] as number) <= 0)) errors.push(`config.${k}: must be a positive integer`)
+      }
+      if (cfg.reuseLease !== undefined && typeof cfg.reuseLease !== "boolean") errors.push("config.reuseLease: must be a boolean")
+      if (cfg.onFailure !== undefined && cfg.onFailure !== "release" && cfg.onFailure !== "destroy") errors.push(`config.onFailure: must be "release" or "destroy"`)
+      if (errors.length > 0) return yield* invalid(errors)
+      const provider = yield* Effect.mapError(providers.resolve(cfg.provider as string), (e) => invalid([`config.provider: ${e.message}`]))
+      const providerPart: Record<string, unknown> = {}
+      for (const [k, v] of Object.entries(cfg)) if (!(HOST_FIELDS as ReadonlyArray<string>).includes(k)) providerPart[k] = v
+      const schemaErrors = validateAgainst(provider.configSchema, providerPart)
+      if (schemaErrors.length > 0) return yield* invalid(schemaErrors.map((e) => `config${e === "/" ? "" : e.startsWith("/") ? e.replace(/^\//, ".").replace(/\//g, ".") : `: ${e}`}`))
+      let normalized = providerPart
+      if (provider.supportedMethods.includes("environmentValidateConfig")) {
+        const r = (yield* providers.call(provider.pluginId, "environmentValidateConfig", { driverKey: provider.driverKey, config: providerPart }, { companyId }).pipe(
+          Effect.mapError((e) => invalid([`provider validation failed: ${e.message}`]))
+        )) as { ok?: boolean; errors?: Array<string>; normalizedConfig?: Record<string, unknown> } | null
+        if (!r || r.ok === false) return yield* invalid(r?.errors && r.errors.length > 0 ? r.errors.map((e) => `provider: ${e}`) : ["provider: config rejected"])
+        if (r.normalizedConfig && isRecord(r.normalizedConfig)) {
+          // the provider may normalize; secret fields must still be refs
+          const again = validateAgainst(provider.configSchema, r.normalizedConfig)
+          if (again.length > 0) return yield* invalid(again.map((e) => `provider normalizedConfig ${e}`))
+          normalized = r.normalizedConfig
+        }
+      }
+      const hostPart: Record<string, unknown> = {}
+      for (const k of HOST_FIELDS) if (cfg[k] !== undefined) hostPart[k] = cfg[k]
+      hostPart.provider = `${provider.pluginId}/${provider.driverKey}`
+      return { ...normalized, ...hostPart }
+    })
+
+  const checkName = (name: unknown): Effect.Effect<string, EnvironmentInvalid> =>
+    typeof name === "string" && name.trim().length > 0 && name.length <= 100
+      ? Effect.succeed(name.trim())
+      : Effect.fail(invalid(["name: required, 1–100 characters"]))
+
+  const insert = (companyId: string, name: string, description: string | null, driver: Driver, config: Record<string, unknown>) =>
+    Effect.gen(function* () {
+      const dup = yield* sql`SELECT id FROM environments WHERE company_id = ${companyId} AND name = ${name}`.pipe(Effect.orDie)
+      if (dup.length > 0) return yield* new EnvironmentConflict({ message: `an environment named "${name}" already exists in this company` })
+      const now = yield* Clock.currentTimeMillis
+      const id = randomUUID()
+      yield* sql`INSERT INTO environments (id, company_id, name, description, driver, status, config, created_at, updated_at)
+        VALUES (${id}, ${companyId}, ${name}, ${description}, ${driver}, 'active', ${JSON.stringify(config)}, ${now}, ${now})`.pipe(
+        Effect.mapError(() => new EnvironmentConflict({ message: `an environment named "${name}" already exists in this company` }))
+      )
+      const env = yield* Effect.orDie(get(id))
+      yield* emit("environment.created", env)
+      return env
+    })
+
+  const local = (companyId: string) =>
+    Effect.gen(function* () {
+      yield* companies.get(companyId)
+      const rows = yield* sql<Row>`SELECT * FROM environments WHERE company_id = ${companyId} AND driver = 'local' AND name = 'local'`.pipe(Effect.orDie)
+      if (rows.length > 0) return toEnv(rows[0]!)
+      return yield* insert(companyId, "local", "This machine (created on demand)", "local", {}).pipe(
+        Effect.catchTag("EnvironmentConflict", () =>
+          sql<Row>`SELECT * FROM environments WHERE company_id = ${companyId} AND name = 'local'`.pipe(Effect.orDie, Effect.map((r) => toEnv(r[0]!))))
+      )
+    })
+
+  const sandboxSettings = (env: Environment) =>
+    Effect.gen(function* () {
+      const c = env.config
+      const provider = yield* Effect.mapError(providers.resolve(String(c.provider)), (e) =>
+        new EnvironmentUnavailable({ environmentId: env.id, message: `environment "${env.name}": ${e.message}` }))
+      const providerConfig: Record<string, unknown> = {}
+      for (const [k, v] of Object.entries(c)) if (!(HOST_FIELDS as ReadonlyArray<string>).includes(k)) providerConfig[k] = v
+      return {
+        provider,
+        providerConfig,
+        policy: {
+          onFailure: c.onFailure === "destroy" ? "destroy" : "release",
+          ttlMs: typeof c.ttlMs === "number" ? c.ttlMs : defaultPolicy.ttlMs,
+          timeoutMs: typeof c.timeoutMs === "number" ? c.timeoutMs : defaultPolicy.timeoutMs
+        },
+        env: isStringMap(c.env) ? c.env : {}
+      } satisfies SandboxSettings
+    })
+
+  const step = <A, E, R>(name: string, eff: Effect.Effect<A, E, R>, steps: Array<ProbeStep>, detail?: (a: A) => string) =>
+    Effect.gen(function* () {
+      const t0 = yield* Clock.currentTimeMillis
+      const r = yield* Effect.either(eff)
+      const ms = (yield* Clock.currentTimeMillis) - t0
+      if (r._tag === "Left") {
+        steps.push({ step: name, ok: false, ms, detail: String((r.left as { message?: unknown })?.message ?? r.left) })
+      } else {
+        const d = detail?.(r.right)
+        steps.push(d === undefined ? { step: name, ok: true, ms } : { step: name, ok: true, ms, detail: d })
+      }
+      return r
+    })
+
+  return Environments.of({
+    create: Effect.fn("Environments.create")(function* (companyId, input) {
+      yield* companies.get(companyId)
+      if (!isRecord(input)) return yield* invalid(["body: must be an object"])
+      const name = yield* checkName(input.name)
+      if (input.description !== undefined && input.description !== null && typeof input.description !== "string") return yield* invalid(["description: must be a string"])
+      const config = yield* validateConfig(companyId, input.driver, input.config)
+      return yield* insert(companyId, name, input.description ?? null, input.driver, config)
+    }),
+    get,
+    list: (companyId, o) =>
+      Effect.zipRight(companies.get(companyId),
+        (o?.includeArchived
+          ? sql<Row>`SELECT * FROM environments WHERE company_id = ${companyId} ORDER BY created_at, id`
+          : sql<Row>`SELECT * FROM environments WHERE company_id = ${companyId} AND status = 'active' ORDER BY created_at, id`).pipe(
+          Effect.map((rows) => rows.map(toEnv)),
+          Effect.orDie
+        )),
+    patch: Effect.fn("Environments.patch")(function* (id, input) {
+      const env = yield* get(id)
+      if (!isRecord(input)) return yield* invalid(["body: must be an object"])
+      const name = input.name === undefined ? env.name : yield* checkName(input.name)
+      if (input.description !== undefined && input.description !== null && typeof input.description !== "string") return yield* invalid(["description: must be a string"])
+      const config = input.config === undefined ? env.config : yield* validateConfig(env.companyId, env.driver, input.config)
+      if (name !== env.name) {
+        const dup = yield* sql`SELECT id FROM environments WHERE company_id = ${env.companyId} AND name = ${name} AND id <> ${id}`.pipe(Effect.orDie)
+        if (dup.length > 0) return yield* new EnvironmentConflict({ message: `an environment named "${name}" already exists in this company` })
+      }
+      const now = yield* Clock.currentTimeMillis
+      const description = input.description === undefined ? env.description : input.description
+      yield* sql`UPDATE environments SET name = ${name}, description = ${description}, config = ${JSON.stringify(config)}, updated_at = ${now}
+        WHERE id = ${id}`.pipe(Effect.orDie)
+      const updated = yield* Effect.orDie(get(id))
+      yield* emit("environment.updated", updated)
+      return updated
+    }),
+    archive: (id) =>
+      Effect.gen(function* () {
+        yield* get(id)
+        const now = yield* Clock.currentTimeMillis
+        yield* sql`UPDATE environments SET status = 'archived', updated_at = ${now} WHERE id = ${id}`.pipe(Effect.orDie)
+        const env = yield* Effect.orDie(get(id))
+        yield* emit("environment.updated", env)
+        return env
+      }),
+    remove: (id) =>
+      Effect.gen(function* () {
+        const env = yield* get(id)
+        const live = yield* leases.liveCount(id)
+        if (live > 0) return yield* new EnvironmentInUse({ environmentId: id, liveLeases: live, message: `environment "${env.name}" has ${live} live lease(s); archive it or wait for them to end` })
+        yield* sql`DELETE FROM environments WHERE id = ${id}`.pipe(Effect.orDie)
+        yield* sql`UPDATE companies SET default_environment_id = NULL WHERE default_environment_id = ${id}`.pipe(Effect.orDie)
+      }),
+    local,
+    select: (companyId, c) =>
+      Effect.gen(function* () {
+        const company = yield* companies.get(companyId)
+        const chosen = c.explicit ?? c.agentDefault ?? company.defaultEnvironmentId ?? null
+        if (chosen === null) return yield* local(companyId)
+        const env = yield* get(chosen)
+        if (env.companyId !== companyId) return yield* new EnvironmentNotFound({ environmentId: chosen, message: `environment "${chosen}" not found` })
+        if (env.status === "archived") return yield* new EnvironmentUnavailable({ environmentId: env.id, message: `environment "${env.name}" is archived` })
+        if (env.driver === "sandbox") yield* sandboxSettings(env)
+        return env
+      }),
+    sandboxSettings,
+    probeConfig: (companyId, input) =>
+      Effect.gen(function* () {
+        yield* companies.get(companyId)
+        const config = yield* validateConfig(companyId, input.driver, input.config)
+        if (input.driver === "local") return { ok: true, summary: "local environment: commands run on this host", steps: [] }
+        const provider = yield* Effect.mapError(providers.resolve(String(config.provider)), (e) => invalid([e.message]))
+        const providerConfig: Record<string, unknown> = {}
+        for (const [k, v] of Object.entries(config)) if (!(HOST_FIELDS as ReadonlyArray<string>).includes(k)) providerConfig[k] = v
+        if (!provider.supportedMethods.includes("environmentProbe")) return { ok: true, summary: "config valid (the provider has no probe)", steps: [] }
+        const steps: Array<ProbeStep> = []
+        const r = yield* step("probe", providers.call(provider.pluginId, "environmentProbe", {
+          driverKey: provider.driverKey, companyId, environmentId: "unsaved", config: providerConfig
+        }, { companyId }), steps)
+        if (r._tag === "Left") return { ok: false, summary: steps[0]?.detail ?? "probe failed", steps }
+        const p = r.right as { ok?: boolean; summary?: string; diagnostics?: Array<unknown> } | null
+        return { ok: p?.ok === true, summary: p?.summary ?? (p?.ok ? "ok" : "probe failed"), steps, ...(p?.diagnostics ? { diagnostics: p.diagnostics } : {}) }
+      }),
+    probe: (id) =>
+      Effect.gen(function* () {
+        const env = yield* get(id)
+        if (env.status === "archived") return yield* new EnvironmentUnavailable({ environmentId: id, message: `environment "${env.name}" is archived` })
+        const steps: Array<ProbeStep> = []
+        if (env.driver === "local") {
+          const r = yield* step("execute true", executor.execute({ _tag: "local", cwd: "/" }, { command: "true", env: {}, timeoutMs: 10_000 }), steps, (x) => `exit ${x.exitCode}`)
+          const ok = r._tag === "Right" && r.right.exitCode === 0
+          return { ok, summary: ok ? "local: ok" : "local: `true` failed", steps }
+        }
+        const s = yield* sandboxSettings(env)
+        const cycle = Effect.scoped(Effect.gen(function* () {
+          const acquired = yield* step("acquire", leases.acquire({
+            companyId: env.companyId, environmentId: env.id, runId: null, provider: s.provider, config: s.providerConfig,
+            policy: { ...s.policy, ttlMs: Math.min(s.policy.ttlMs, 10 * 60_000) }
+          }), steps, (l) => `lease ${l.id} (${l.providerLeaseId})`)
+          if (acquired._tag === "Left") return false
+          const exec = yield* step("execute true", executor.execute({ _tag: "sandbox", lease: acquired.right, cwd: undefined }, { command: "true", env: s.env, timeoutMs: s.policy.timeoutMs }), steps, (x) => `exit ${x.exitCode}`)
+          return exec._tag === "Right" && exec.right.exitCode === 0
+        }))
+        const t0 = yield* Clock.currentTimeMillis
+        const execOk = yield* cycle
+        // the release happened when the cycle's scope closed; report it from the lease record
+        const [lease] = yield* leases.list({ environmentId: env.id }).pipe(Effect.map((l) => l.filter((x) => x.runId === null)))
+        const released = lease?.status === "released"
+        steps.push(released
+          ? { step: "release", ok: true, ms: (yield* Clock.currentTimeMillis) - t0 }
+          : { step: "release", ok: false, ms: (yield* Clock.currentTimeMillis) - t0, detail: `lease status ${lease?.status ?? "unknown"}${lease?.failureReason ? `: ${lease.failureReason}` : ""}` })
+        const ok = execOk && released
+        return { ok, summary: ok ? `sandbox ${s.provider.pluginId}/${s.provider.driverKey}: acquire → execute → release ok` : "sandbox probe failed", steps }
+      })
+  })
+})
+
+export const layer = Layer.effect(Environments, make)
