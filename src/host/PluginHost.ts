@@ -119,6 +119,9 @@ const TAIL = 4096
 
 export interface PluginHostShape {
   readonly install: (folder: string) => Effect.Effect<PluginSnapshot, ManifestInvalid | PluginConflict>
+  /** Re-register the plugins recorded by a previous run of this instance, with their persisted status
+   * (not started: the caller starts the ones that should run). */
+  readonly restore: Effect.Effect<ReadonlyArray<PluginSnapshot>>
   readonly loadInProcess: (plugin: Plugin | PaperclipPlugin, manifest: unknown) => Effect.Effect<PluginSnapshot, ManifestInvalid | PluginConflict>
   readonly start: (pluginId: string) => Effect.Effect<PluginSnapshot, PluginNotFound | PluginStartFailed>
   readonly stop: (pluginId: string) => Effect.Effect<void, PluginNotFound>
@@ -185,20 +188,22 @@ export const make = Effect.gen(function* () {
         : Effect.fail(new PluginNotFound({ pluginId, message: `plugin "${pluginId}" is not installed` }))
     })
 
-  const register = (root: string, info: ManifestInfo, source: Source) =>
+  const register = (root: string, info: ManifestInfo, source: Source, restored?: { status: PluginStatus; lastError: string | null }) =>
     Effect.suspend(() => {
       const id = info.manifest.id
       const existing = entries.get(id)
       if (existing && existing.status !== "uninstalled") {
         return Effect.fail(new PluginConflict({ pluginId: id, message: `plugin "${id}" is already installed` }))
       }
+      const status = restored?.status ?? "installed"
+      const lastError = restored?.lastError ?? null
       const e: Entry = {
-        pluginId: id, root, info, source, status: "installed", workerStatus: "stopped", lastError: null, health: null,
+        pluginId: id, root, info, source, status, workerStatus: "stopped", lastError, health: null,
         supportedMethods: [], crashes: [], restarts: 0, current: undefined, stopSignal: undefined, stderrTail: ""
       }
       entries.set(id, e)
       return Effect.as(
-        records.upsert({ id, root, version: info.manifest.version, manifest: info.manifest, status: "installed", lastError: null }),
+        records.upsert({ id, root, version: info.manifest.version, manifest: info.manifest, status, lastError }),
         snapshot(e)
       )
     })
@@ -407,6 +412,22 @@ export const make = Effect.gen(function* () {
   const host: PluginHostShape = {
     install: (folder) =>
       Effect.flatMap(loadPluginFolder(folder, options.hostVersion), (l) => register(l.root, l.info, { kind: "process", entry: l.workerEntry })),
+    restore: Effect.gen(function* () {
+      const out: Array<PluginSnapshot> = []
+      for (const r of yield* records.list) {
+        if (r.status === "uninstalled" || entries.has(r.id) || r.root === "<in-process>") continue
+        const loaded = yield* Effect.either(loadPluginFolder(r.root, options.hostVersion))
+        if (loaded._tag === "Left") {
+          yield* stores.log.append(r.id, "error", `cannot restore plugin from ${r.root}: ${loaded.left.message}`)
+          yield* records.setStatus(r.id, "error", loaded.left.message)
+          continue
+        }
+        const l = loaded.right
+        const snap = yield* Effect.either(register(l.root, l.info, { kind: "process", entry: l.workerEntry }, { status: r.status, lastError: r.lastError }))
+        if (snap._tag === "Right") out.push(snap.right)
+      }
+      return out
+    }),
     loadInProcess: (plugin, manifest) =>
       Effect.suspend((): Effect.Effect<PluginSnapshot, ManifestInvalid | PluginConflict> => {
         const checked = validateManifest(manifest, { hostVersion: options.hostVersion })

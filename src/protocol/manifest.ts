@@ -1,5 +1,5 @@
 // The plugin manifest (SPEC §1): its type and a validator that reports every problem with its path.
-import { Either } from "effect"
+import { Cron, Either } from "effect"
 import { isCapability, isKnownCapability, type Capability } from "./capabilities.js"
 
 export interface ManifestJob {
@@ -84,7 +84,9 @@ export const validateCron = (s: string): string | undefined => {
   const n = cronFieldCount(s)
   if (n !== 5) return `cron must have 5 fields (minute hour day month weekday), got ${n}`
   const bad = s.trim().split(/\s+/).find((f) => !CRON_FIELD_RE.test(f))
-  return bad === undefined ? undefined : `invalid cron field "${bad}"`
+  if (bad !== undefined) return `invalid cron field "${bad}"`
+  const parsed = Cron.parse(s, "UTC")
+  return Either.isLeft(parsed) ? `invalid cron "${s}": ${parsed.left.message}` : undefined
 }
 
 export interface ValidateOptions {

@@ -36,7 +36,7 @@ export interface AppOptions {
 }
 
 /** Everything below the HTTP API. */
-export const layer = (o: AppOptions) => {
+export const layer = <RU = never>(o: AppOptions, runtimeUrlLayer?: Layer.Layer<RuntimeUrl.RuntimeUrl, never, RU>) => {
   const database = Database.layer({ url: o.databaseUrl, dataDir: o.dataDir })
   const base = Layer.mergeAll(HostOptions.layer(o.host ?? {}), Redactor.layer, NodeContext.layer)
   // one SecretStore: the capability backend (plugins' secrets.resolve) and the API/runs share it
@@ -46,7 +46,7 @@ export const layer = (o: AppOptions) => {
   const host = PluginHost.layer
   const providers = o.providers ?? Provider.layerPluginHost
   const runtime = Layer.merge(
-    o.runtimeUrl ? RuntimeUrl.layer(o.runtimeUrl) : RuntimeUrl.layerStatic(["http://127.0.0.1:3100"]),
+    runtimeUrlLayer ?? (o.runtimeUrl ? Layer.orDie(RuntimeUrl.layer(o.runtimeUrl)) : RuntimeUrl.layerStatic(["http://127.0.0.1:3100"])),
     RunToken.layerConfig
   )
   const hostServices = Layer.mergeAll(PluginConfigs.layer, JobScheduler.layer, providers)

@@ -81,6 +81,14 @@ export const migrations: ReadonlyArray<readonly [number, string, Statements]> = 
     `CREATE TABLE IF NOT EXISTS run_logs (id ${autoId}, run_id TEXT NOT NULL, at BIGINT NOT NULL, stream TEXT NOT NULL,
       chunk TEXT NOT NULL)`,
     `CREATE INDEX IF NOT EXISTS run_logs_by_run ON run_logs (run_id, id)`
+  ]],
+  // runtime API liveness (src/work/Runtime.ts): when the run's runtime last called heartbeat
+  [3, "run heartbeats", () => [
+    `ALTER TABLE runs ADD COLUMN last_heartbeat_at BIGINT`
+  ]],
+  [4, "auth", () => [
+    `CREATE TABLE IF NOT EXISTS api_tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+      company_id TEXT, name TEXT, created_at BIGINT NOT NULL, last_used_at BIGINT)`
   ]]
 ]
 

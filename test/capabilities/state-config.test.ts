@@ -4,7 +4,7 @@ import { Cause, Effect, Exit } from "effect"
 import * as PluginHost from "../../src/host/PluginHost.js"
 import { CapabilityStores } from "../../src/host/Stores.js"
 import { testDbs } from "../db.js"
-import { durableHostLayer, examples } from "../helpers.js"
+import { durableHostLayer, eventually, examples } from "../helpers.js"
 
 for (const db of testDbs) {
   describe(`durable state, config, logs [${db.kind}]`, () => {
@@ -34,8 +34,9 @@ for (const db of testDbs) {
           yield* stores.state.delete(name, { scopeKind: "company", scopeId: "acme", stateKey: "greetings" })
           yield* stores.state.delete(name, { scopeKind: "company", scopeId: "acme", stateKey: "greetings" })
           expect(yield* stores.state.get(name, { scopeKind: "company", scopeId: "acme", stateKey: "greetings" })).toBeNull()
-          const logs = yield* stores.log.list(name)
-          expect(logs.some((l) => l.message === "greeting served")).toBe(true)
+          // log notifications travel separately from the response: wait for it
+          const logs = yield* eventually(Effect.filterOrFail(stores.log.list(name), (l) => l.some((x) => x.message === "greeting served")))
+          expect(logs.length).toBeGreaterThan(0)
         }).pipe(Effect.scoped, Effect.provide(durableHostLayer(db))))
     }
   })

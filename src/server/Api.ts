@@ -1,0 +1,185 @@
+// The HTTP API (SPEC §12), all under /api: one HttpApiGroup per resource. Bodies are strict (unknown
+// fields are refused); every error answers `{error: {code, message, details?}}`.
+import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
+import { Schema } from "effect"
+import { Authentication, RuntimeAuthentication } from "./Auth.js"
+import { BadGateway, BadRequest, Conflict, Forbidden, GatewayTimeout, Internal, NotFound, NotImplementedError, TooManyRequests, Unauthorized, Unavailable, Unprocessable } from "./errors.js"
+
+const strict = <S extends Schema.Schema.Any>(s: S) => s.annotations({ parseOptions: { onExcessProperty: "error" } }) as unknown as S
+const Json = Schema.Unknown
+const JsonObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
+const StringMap = Schema.Record({ key: Schema.String, value: Schema.String })
+const opt = Schema.optional
+
+// ---- models ----
+export const Company = Schema.Struct({ id: Schema.String, name: Schema.String, defaultEnvironmentId: Schema.NullOr(Schema.String), createdAt: Schema.String })
+export const Secret = Schema.Struct({
+  id: Schema.String, companyId: Schema.String, name: Schema.String, version: Schema.Number, createdAt: Schema.String, updatedAt: Schema.String
+})
+export const Environment = Schema.Struct({
+  id: Schema.String, companyId: Schema.String, name: Schema.String, description: Schema.NullOr(Schema.String),
+  driver: Schema.Literal("local", "sandbox"), status: Schema.Literal("active", "archived"), config: JsonObject,
+  createdAt: Schema.String, updatedAt: Schema.String
+})
+export const Lease = Schema.Struct({
+  id: Schema.String, companyId: Schema.String, environmentId: Schema.String, runId: Schema.NullOr(Schema.String),
+  provider: Schema.String, providerLeaseId: Schema.NullOr(Schema.String), status: Schema.String, acquiredAt: Schema.NullOr(Schema.Number),
+  lastUsedAt: Schema.Number, deadlineAt: Schema.Number, expiresAt: Schema.NullOr(Schema.Number), releasedAt: Schema.NullOr(Schema.Number),
+  failureReason: Schema.NullOr(Schema.String), cleanupAttempts: Schema.Number, ownerInstanceId: Schema.String, metadata: JsonObject, policy: Json
+})
+export const Agent = Schema.Struct({
+  id: Schema.String, companyId: Schema.String, name: Schema.String, command: Schema.String, args: Schema.Array(Schema.String),
+  env: JsonObject, defaultEnvironmentId: Schema.NullOr(Schema.String), heartbeat: Schema.NullOr(Json), timeoutMs: Schema.Number,
+  createdAt: Schema.String, updatedAt: Schema.String
+})
+export const Run = Schema.Struct({
+  id: Schema.String, companyId: Schema.String, agentId: Schema.String, environmentId: Schema.NullOr(Schema.String),
+  status: Schema.String, trigger: Schema.String, exitCode: Schema.NullOr(Schema.Number), signal: Schema.NullOr(Schema.String),
+  error: Schema.NullOr(Schema.String), stdout: Schema.String, stderr: Schema.String, truncated: Schema.Boolean,
+  leaseId: Schema.NullOr(Schema.String), createdAt: Schema.String, startedAt: Schema.NullOr(Schema.String), finishedAt: Schema.NullOr(Schema.String)
+})
+export const Plugin = Schema.Struct({
+  pluginId: Schema.String, version: Schema.String, displayName: Schema.String, status: Schema.String, workerStatus: Schema.String,
+  mode: Schema.String, pid: Schema.NullOr(Schema.Number), supportedMethods: Schema.Array(Schema.String),
+  capabilities: Schema.Array(Schema.String), inactiveCapabilities: Schema.Array(Schema.String), ignoredFields: Schema.Array(Schema.String),
+  lastError: Schema.NullOr(Schema.String), health: Schema.NullOr(Json), restarts: Schema.Number, crashesInWindow: Schema.Number
+})
+
+// ---- params ----
+const companyId = HttpApiSchema.param("companyId", Schema.String)
+const id = HttpApiSchema.param("id", Schema.String)
+const pluginId = HttpApiSchema.param("pluginId", Schema.String)
+
+// ---- groups ----
+export class HealthGroup extends HttpApiGroup.make("health")
+  .add(HttpApiEndpoint.get("health", "/api/health").addSuccess(Schema.Struct({ ok: Schema.Boolean, instanceId: Schema.String, version: Schema.String, database: Schema.String }))) {}
+
+export class CompaniesGroup extends HttpApiGroup.make("companies")
+  .add((HttpApiEndpoint.get("list", "/api/companies").addSuccess(Schema.Array(Company))))
+  .add((HttpApiEndpoint.post("create", "/api/companies").setPayload(strict(Schema.Struct({ name: Schema.String, id: opt(Schema.String) }))).addSuccess(Company, { status: 201 })))
+  .add((HttpApiEndpoint.get("get")`/api/companies/${companyId}`.addSuccess(Company)))
+  .add((HttpApiEndpoint.put("setDefaultEnvironment")`/api/companies/${companyId}/default-environment`
+    .setPayload(strict(Schema.Struct({ environmentId: Schema.NullOr(Schema.String) }))).addSuccess(Company)))
+  .add((HttpApiEndpoint.post("createToken")`/api/companies/${companyId}/tokens`
+    .setPayload(strict(Schema.Struct({ name: opt(Schema.String) }))).addSuccess(Schema.Struct({ id: Schema.String, token: Schema.String, companyId: Schema.String }), { status: 201 })))
+  .middleware(Authentication) {}
+
+export class SecretsGroup extends HttpApiGroup.make("secrets")
+  .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/secrets`.addSuccess(Schema.Array(Secret))))
+  .add((HttpApiEndpoint.post("create")`/api/companies/${companyId}/secrets`
+    .setPayload(strict(Schema.Struct({ name: Schema.String, value: Schema.String }))).addSuccess(Secret, { status: 201 })))
+  .add((HttpApiEndpoint.post("rotate")`/api/companies/${companyId}/secrets/${id}/rotate`
+    .setPayload(strict(Schema.Struct({ value: Schema.String }))).addSuccess(Secret)))
+  .add((HttpApiEndpoint.get("get")`/api/companies/${companyId}/secrets/${id}`.addSuccess(Secret)))
+  .add((HttpApiEndpoint.del("delete")`/api/companies/${companyId}/secrets/${id}`.addSuccess(Schema.Struct({ deleted: Schema.Boolean }))))
+  .middleware(Authentication) {}
+
+const JobRun = Json
+export class PluginsGroup extends HttpApiGroup.make("plugins")
+  .add((HttpApiEndpoint.get("list", "/api/plugins").addSuccess(Schema.Array(Plugin))))
+  .add((HttpApiEndpoint.get("get")`/api/plugins/${pluginId}`.addSuccess(Plugin)))
+  .add((HttpApiEndpoint.post("enable")`/api/plugins/${pluginId}/enable`.addSuccess(Plugin)))
+  .add((HttpApiEndpoint.post("disable")`/api/plugins/${pluginId}/disable`.addSuccess(Plugin)))
+  .add((HttpApiEndpoint.get("logs")`/api/plugins/${pluginId}/logs`.setUrlParams(Schema.Struct({ limit: opt(Schema.NumberFromString) }))
+    .addSuccess(Schema.Array(Schema.Struct({ at: Schema.String, level: Schema.String, message: Schema.String, meta: opt(Json) })))))
+  .add((HttpApiEndpoint.get("getConfig")`/api/plugins/${pluginId}/companies/${companyId}/config`.addSuccess(JsonObject)))
+  .add((HttpApiEndpoint.put("putConfig")`/api/plugins/${pluginId}/companies/${companyId}/config`.setPayload(JsonObject)
+    .addSuccess(Schema.Struct({ ok: Schema.Boolean, warnings: Schema.Array(Schema.String), errors: Schema.Array(Schema.String) }))))
+  .add((HttpApiEndpoint.post("testConfig")`/api/plugins/${pluginId}/config/test`.setPayload(JsonObject)
+    .addSuccess(Schema.Struct({ ok: Schema.Boolean, warnings: Schema.Array(Schema.String), errors: Schema.Array(Schema.String) }))))
+  .add((HttpApiEndpoint.get("jobs")`/api/plugins/${pluginId}/jobs`.addSuccess(Schema.Array(Json))))
+  .add((HttpApiEndpoint.get("jobRuns")`/api/plugins/${pluginId}/jobs/${HttpApiSchema.param("jobKey", Schema.String)}/runs`.addSuccess(Schema.Array(JobRun))))
+  .add((HttpApiEndpoint.post("triggerJob")`/api/plugins/${pluginId}/jobs/${HttpApiSchema.param("jobKey", Schema.String)}/trigger`.addSuccess(JobRun, { status: 202 })))
+  .add((HttpApiEndpoint.post("data")`/api/plugins/${pluginId}/companies/${companyId}/data/${HttpApiSchema.param("key", Schema.String)}`
+    .setPayload(strict(Schema.Struct({ params: opt(JsonObject) }))).addSuccess(Json)))
+  .add((HttpApiEndpoint.post("action")`/api/plugins/${pluginId}/companies/${companyId}/actions/${HttpApiSchema.param("key", Schema.String)}`
+    .setPayload(strict(Schema.Struct({ params: opt(JsonObject) }))).addSuccess(Json)))
+  .middleware(Authentication) {}
+
+/** Plugin webhooks: called by third parties, no bearer token (the plugin verifies signatures). */
+export class WebhooksGroup extends HttpApiGroup.make("webhooks")
+  .add((HttpApiEndpoint.post("deliver")`/api/plugins/${pluginId}/webhooks/${HttpApiSchema.param("endpointKey", Schema.String)}`
+    .addSuccess(Schema.Struct({ ok: Schema.Boolean, requestId: Schema.String }), { status: 202 }))) {}
+
+const EnvironmentCreate = strict(Schema.Struct({
+  name: Schema.String, description: opt(Schema.NullOr(Schema.String)), driver: Schema.Literal("local", "sandbox"), config: opt(JsonObject)
+}))
+const EnvironmentPatch = strict(Schema.Struct({ name: opt(Schema.String), description: opt(Schema.NullOr(Schema.String)), config: opt(JsonObject) }))
+const ProbeReport = Schema.Struct({
+  ok: Schema.Boolean, summary: Schema.String,
+  steps: Schema.Array(Schema.Struct({ step: Schema.String, ok: Schema.Boolean, ms: Schema.Number, detail: opt(Schema.String) })),
+  diagnostics: opt(Schema.Array(Json))
+})
+export class EnvironmentsGroup extends HttpApiGroup.make("environments")
+  .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/environments`.setUrlParams(Schema.Struct({ includeArchived: opt(Schema.Literal("true", "false")) })).addSuccess(Schema.Array(Environment))))
+  .add((HttpApiEndpoint.post("create")`/api/companies/${companyId}/environments`.setPayload(EnvironmentCreate).addSuccess(Environment, { status: 201 })))
+  .add((HttpApiEndpoint.post("probeConfig")`/api/companies/${companyId}/environments/probe`.setPayload(EnvironmentCreate).addSuccess(ProbeReport)))
+  .add((HttpApiEndpoint.get("get")`/api/environments/${id}`.addSuccess(Environment)))
+  .add((HttpApiEndpoint.patch("patch")`/api/environments/${id}`.setPayload(EnvironmentPatch).addSuccess(Environment)))
+  .add((HttpApiEndpoint.post("archive")`/api/environments/${id}/archive`.addSuccess(Environment)))
+  .add((HttpApiEndpoint.del("delete")`/api/environments/${id}`.addSuccess(Schema.Struct({ deleted: Schema.Boolean }))))
+  .add((HttpApiEndpoint.post("probe")`/api/environments/${id}/probe`.addSuccess(ProbeReport)))
+  .add((HttpApiEndpoint.get("leases")`/api/environments/${id}/leases`.addSuccess(Schema.Array(Lease))))
+  .middleware(Authentication) {}
+
+const AgentCreate = strict(Schema.Struct({
+  name: Schema.String, command: Schema.String, args: opt(Schema.Array(Schema.String)), env: opt(JsonObject),
+  defaultEnvironmentId: opt(Schema.NullOr(Schema.String)), heartbeat: opt(Schema.NullOr(Json)), timeoutMs: opt(Schema.Number)
+}))
+const AgentPatch = strict(Schema.Struct({
+  name: opt(Schema.String), command: opt(Schema.String), args: opt(Schema.Array(Schema.String)), env: opt(JsonObject),
+  defaultEnvironmentId: opt(Schema.NullOr(Schema.String)), heartbeat: opt(Schema.NullOr(Json)), timeoutMs: opt(Schema.Number)
+}))
+export class AgentsGroup extends HttpApiGroup.make("agents")
+  .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/agents`.addSuccess(Schema.Array(Agent))))
+  .add((HttpApiEndpoint.post("create")`/api/companies/${companyId}/agents`.setPayload(AgentCreate).addSuccess(Agent, { status: 201 })))
+  .add((HttpApiEndpoint.get("get")`/api/agents/${id}`.addSuccess(Agent)))
+  .add((HttpApiEndpoint.patch("patch")`/api/agents/${id}`.setPayload(AgentPatch).addSuccess(Agent)))
+  .add((HttpApiEndpoint.put("setDefaultEnvironment")`/api/agents/${id}/default-environment`
+    .setPayload(strict(Schema.Struct({ environmentId: Schema.NullOr(Schema.String) }))).addSuccess(Agent)))
+  .add((HttpApiEndpoint.del("delete")`/api/agents/${id}`.addSuccess(Schema.Struct({ deleted: Schema.Boolean }))))
+  .middleware(Authentication) {}
+
+export class RunsGroup extends HttpApiGroup.make("runs")
+  .add((HttpApiEndpoint.post("start")`/api/agents/${id}/runs`
+    .setPayload(strict(Schema.Struct({ environmentId: opt(Schema.NullOr(Schema.String)), env: opt(StringMap) }))).addSuccess(Run, { status: 201 })))
+  .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/runs`.setUrlParams(Schema.Struct({ agentId: opt(Schema.String), limit: opt(Schema.NumberFromString) })).addSuccess(Schema.Array(Run))))
+  .add((HttpApiEndpoint.get("get")`/api/runs/${id}`.addSuccess(Run)))
+  .add((HttpApiEndpoint.post("cancel")`/api/runs/${id}/cancel`.addSuccess(Run)))
+  .add((HttpApiEndpoint.get("output")`/api/runs/${id}/output`.addSuccess(Schema.String.pipe(HttpApiSchema.withEncoding({ kind: "Text", contentType: "text/event-stream" })))))
+  .add((HttpApiEndpoint.get("leases")`/api/runs/${id}/leases`.addSuccess(Schema.Array(Lease))))
+  .middleware(Authentication) {}
+
+export class RuntimeGroup extends HttpApiGroup.make("runtime")
+  .add((HttpApiEndpoint.get("run", "/api/runtime/run").addSuccess(Json)))
+  .add((HttpApiEndpoint.post("heartbeat", "/api/runtime/run/heartbeat").addSuccess(Json)))
+  .add((HttpApiEndpoint.post("log", "/api/runtime/run/log")
+    .setPayload(strict(Schema.Struct({ stream: opt(Schema.Literal("stdout", "stderr", "system")), chunk: Schema.String.pipe(Schema.maxLength(1024 * 1024)) }))).addSuccess(Schema.Struct({ ok: Schema.Boolean }))))
+  .middleware(RuntimeAuthentication) {}
+
+export class GantryApi extends HttpApi.make("gantry")
+  .add(HealthGroup)
+  .add(CompaniesGroup)
+  .add(SecretsGroup)
+  .add(PluginsGroup)
+  .add(WebhooksGroup)
+  .add(EnvironmentsGroup)
+  .add(AgentsGroup)
+  .add(RunsGroup)
+  .add(RuntimeGroup)
+  .addError(BadRequest)
+  .addError(Unauthorized)
+  .addError(Forbidden)
+  .addError(NotFound)
+  .addError(Conflict)
+  .addError(Unprocessable)
+  .addError(TooManyRequests)
+  .addError(NotImplementedError)
+  .addError(BadGateway)
+  .addError(Unavailable)
+  .addError(GatewayTimeout)
+  .addError(Internal)
+  .annotate(OpenApi.Title, "Gantry API")
+  .annotate(OpenApi.Description, "Plugin host and sandbox environments for AI-agent control planes. Errors: {error: {code, message, details?}}.") {}
+
+export { BadGateway, BadRequest, Conflict, Forbidden, GatewayTimeout, Internal, NotFound, NotImplementedError, TooManyRequests, Unauthorized, Unavailable, Unprocessable }

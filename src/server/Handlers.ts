@@ -1,0 +1,256 @@
+// Handlers of every API group: thin mappings from HTTP to the services, with the company-scope check
+// (`requireCompany`) before any work and domain errors mapped to the API error format.
+import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Clock, Effect, Layer, Option, Stream } from "effect"
+import { randomUUID } from "node:crypto"
+import { Environments } from "../environments/Environments.js"
+import { Leases } from "../environments/Leases.js"
+import * as JobScheduler from "../host/capabilities/JobScheduler.js"
+import { Redactor } from "../host/capabilities/Redactor.js"
+import { SecretStore } from "../host/capabilities/SecretStore.js"
+import { HostOptions, HOST_VERSION } from "../host/HostOptions.js"
+import { PluginConfigs } from "../host/PluginConfigs.js"
+import { PluginHost } from "../host/PluginHost.js"
+import { CapabilityStores } from "../host/Stores.js"
+import { Database } from "../store/Database.js"
+import { Agents } from "../work/Agents.js"
+import { Companies } from "../work/Companies.js"
+import { Runs, type RunOutput } from "../work/Runs.js"
+import { Runtime } from "../work/Runtime.js"
+import { GantryApi } from "./Api.js"
+import { ApiTokens, CurrentActor, requireAdmin, requireCompany } from "./Auth.js"
+import { api, apiError } from "./errors.js"
+
+const bearerOf = Effect.map(HttpServerRequest.HttpServerRequest, (req) => (req.headers.authorization ?? "").replace(/^Bearer\s+/i, ""))
+
+const HealthLive = HttpApiBuilder.group(GantryApi, "health", (h) =>
+  h.handle("health", () =>
+    Effect.gen(function* () {
+      const o = yield* HostOptions
+      const db = yield* Database
+      return { ok: true, instanceId: o.instanceId, version: HOST_VERSION, database: db.dialect }
+    })))
+
+const CompaniesLive = HttpApiBuilder.group(GantryApi, "companies", (h) =>
+  h
+    .handle("list", () =>
+      Effect.gen(function* () {
+        const actor = yield* CurrentActor
+        const all = yield* (yield* Companies).list
+        return actor.kind === "admin" ? all : all.filter((c) => actor.kind === "company" && c.id === actor.companyId)
+      }))
+    .handle("create", ({ payload }) => Effect.zipRight(requireAdmin, Effect.flatMap(Companies, (c) => api(c.create(payload.id ? { name: payload.name, id: payload.id } : { name: payload.name })))))
+    .handle("get", ({ path }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(Companies, (c) => api(c.get(path.companyId)))))
+    .handle("setDefaultEnvironment", ({ path, payload }) =>
+      Effect.gen(function* () {
+        yield* requireCompany(path.companyId)
+        if (payload.environmentId !== null) {
+          const env = yield* api((yield* Environments).get(payload.environmentId))
+          if (env.companyId !== path.companyId) return yield* Effect.fail(apiError(404, "environment_not_found", `environment "${payload.environmentId}" not found`))
+          if (env.status === "archived") return yield* Effect.fail(apiError(422, "environment_unavailable", `environment "${env.name}" is archived`))
+        }
+        return yield* api((yield* Companies).setDefaultEnvironment(path.companyId, payload.environmentId))
+      }))
+    .handle("createToken", ({ path, payload }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        yield* api((yield* Companies).get(path.companyId))
+        const t = yield* (yield* ApiTokens).createCompanyToken(path.companyId, payload.name ?? null)
+        return { ...t, companyId: path.companyId }
+      })))
+
+const SecretsLive = HttpApiBuilder.group(GantryApi, "secrets", (h) =>
+  h
+    .handle("list", ({ path }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(SecretStore, (s) => Effect.zipRight(api((Effect.flatMap(Companies, (c) => c.get(path.companyId)))), s.list(path.companyId)))))
+    .handle("create", ({ path, payload }) =>
+      Effect.gen(function* () {
+        yield* requireCompany(path.companyId)
+        yield* api((yield* Companies).get(path.companyId))
+        return yield* api((yield* SecretStore).create(path.companyId, payload.name, payload.value))
+      }))
+    .handle("rotate", ({ path, payload }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(SecretStore, (s) => api(s.rotate(path.id, payload.value, { companyId: path.companyId })))))
+    .handle("get", ({ path }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(SecretStore, (s) => api(s.get(path.id, { companyId: path.companyId })))))
+    .handle("delete", ({ path }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(SecretStore, (s) => Effect.as(api(s.delete(path.id, { companyId: path.companyId })), { deleted: true })))))
+
+const PluginsLive = HttpApiBuilder.group(GantryApi, "plugins", (h) =>
+  h
+    .handle("list", () => Effect.flatMap(PluginHost, (p) => p.list))
+    .handle("get", ({ path }) => Effect.flatMap(PluginHost, (p) => api(p.status(path.pluginId))))
+    .handle("enable", ({ path }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        const host = yield* PluginHost
+        yield* api(host.start(path.pluginId))
+        return yield* api(host.status(path.pluginId))
+      }))
+    .handle("disable", ({ path }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        const host = yield* PluginHost
+        yield* api(host.disable(path.pluginId))
+        return yield* api(host.status(path.pluginId))
+      }))
+    .handle("logs", ({ path, urlParams }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        yield* api((yield* PluginHost).status(path.pluginId))
+        return yield* (yield* CapabilityStores).log.list(path.pluginId, Math.min(Math.max(urlParams.limit ?? 200, 1), 5_000))
+      }))
+    .handle("getConfig", ({ path }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(PluginConfigs, (c) => api(c.get(path.pluginId, path.companyId)))))
+    .handle("putConfig", ({ path, payload }) =>
+      Effect.gen(function* () {
+        yield* requireCompany(path.companyId)
+        yield* api((yield* Companies).get(path.companyId))
+        const r = yield* api((yield* PluginConfigs).save(path.pluginId, path.companyId, payload))
+        return { ok: r.ok, warnings: [...r.warnings], errors: [...r.errors] }
+      }))
+    .handle("testConfig", ({ path, payload }) =>
+      Effect.map(Effect.flatMap(PluginConfigs, (c) => api(c.test(path.pluginId, payload))), (r) => ({ ok: r.ok, warnings: [...r.warnings], errors: [...r.errors] })))
+    .handle("jobs", ({ path }) => Effect.flatMap(JobScheduler.JobScheduler, (j) => api(j.jobs(path.pluginId))))
+    .handle("jobRuns", ({ path }) => Effect.flatMap(JobScheduler.JobScheduler, (j) => api(j.runs(path.pluginId, path.jobKey))))
+    .handle("triggerJob", ({ path }) => Effect.zipRight(requireAdmin, Effect.flatMap(JobScheduler.JobScheduler, (j) => api(j.trigger(path.pluginId, path.jobKey)))))
+    .handle("data", ({ path, payload }) =>
+      Effect.gen(function* () {
+        yield* requireCompany(path.companyId)
+        yield* api((yield* Companies).get(path.companyId))
+        return yield* api((yield* PluginHost).call(path.pluginId, "getData", { key: path.key, companyId: path.companyId, params: payload.params ?? {} }, { companyId: path.companyId }))
+      }))
+    .handle("action", ({ path, payload }) =>
+      Effect.gen(function* () {
+        const actor = yield* CurrentActor
+        yield* requireCompany(path.companyId)
+        yield* api((yield* Companies).get(path.companyId))
+        return yield* api((yield* PluginHost).call(path.pluginId, "performAction", {
+          key: path.key, companyId: path.companyId, params: payload.params ?? {},
+          actorContext: { type: "user", userId: actor.kind === "admin" ? "admin" : null, companyId: path.companyId }
+        }, { companyId: path.companyId }))
+      })))
+
+const MAX_WEBHOOK_BYTES = 1024 * 1024
+
+const WebhooksLive = HttpApiBuilder.group(GantryApi, "webhooks", (h) =>
+  h.handle("deliver", ({ path }) =>
+    Effect.gen(function* () {
+      const host = yield* PluginHost
+      const status = yield* api(host.status(path.pluginId))
+      const info = yield* api(host.manifest(path.pluginId))
+      if (!(info.manifest.webhooks ?? []).some((w) => w.endpointKey === path.endpointKey)) {
+        return yield* Effect.fail(apiError(404, "webhook_not_found", `plugin "${path.pluginId}" declares no webhook "${path.endpointKey}"`))
+      }
+      if (!info.activeCapabilities.includes("webhooks.receive")) {
+        return yield* Effect.fail(apiError(403, "capability_missing", `plugin "${path.pluginId}" lacks the webhooks.receive capability`))
+      }
+      if (status.workerStatus !== "running") return yield* Effect.fail(apiError(503, "worker_unavailable", `plugin "${path.pluginId}" is not running (${status.workerStatus})`))
+      const req = yield* HttpServerRequest.HttpServerRequest
+      const rawBody = yield* req.text.pipe(Effect.mapError(() => apiError(400, "bad_request", "could not read the request body")))
+      if (Buffer.byteLength(rawBody) > MAX_WEBHOOK_BYTES) return yield* Effect.fail(apiError(413, "payload_too_large", `webhook bodies are limited to ${MAX_WEBHOOK_BYTES} bytes`))
+      let parsedBody: unknown = undefined
+      if ((req.headers["content-type"] ?? "").includes("json")) {
+        try {
+          parsedBody = JSON.parse(rawBody)
+        } catch {
+          parsedBody = undefined
+        }
+      }
+      const requestId = req.headers["x-request-id"] ?? req.headers["x-gantry-request-id"] ?? randomUUID()
+      const headers: Record<string, string> = {}
+      for (const [k, v] of Object.entries(req.headers)) if (k !== "authorization" && k !== "cookie") headers[k] = String(v)
+      yield* api(host.call(path.pluginId, "handleWebhook", {
+        endpointKey: path.endpointKey, headers, rawBody, ...(parsedBody !== undefined ? { parsedBody } : {}), requestId
+      }))
+      return { ok: true, requestId }
+    })))
+
+const EnvironmentsLive = HttpApiBuilder.group(GantryApi, "environments", (h) => {
+  const owned = (id: string) =>
+    Effect.gen(function* () {
+      const env = yield* api((yield* Environments).get(id))
+      yield* requireCompany(env.companyId)
+      return env
+    })
+  return h
+    .handle("list", ({ path, urlParams }) => Effect.zipRight(requireCompany(path.companyId),
+      Effect.flatMap(Environments, (e) => api(e.list(path.companyId, { includeArchived: urlParams.includeArchived === "true" })))))
+    .handle("create", ({ path, payload }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(Environments, (e) => api(e.create(path.companyId, payload as never)))))
+    .handle("probeConfig", ({ path, payload }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(Environments, (e) => api(e.probeConfig(path.companyId, payload as never)))))
+    .handle("get", ({ path }) => owned(path.id))
+    .handle("patch", ({ path, payload }) => Effect.zipRight(owned(path.id), Effect.flatMap(Environments, (e) => api(e.patch(path.id, payload as never)))))
+    .handle("archive", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Environments, (e) => api(e.archive(path.id)))))
+    .handle("delete", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Environments, (e) => Effect.as(api(e.remove(path.id)), { deleted: true }))))
+    .handle("probe", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Environments, (e) => api(e.probe(path.id)))))
+    .handle("leases", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Leases, (l) => l.list({ environmentId: path.id }))))
+})
+
+const AgentsLive = HttpApiBuilder.group(GantryApi, "agents", (h) => {
+  const owned = (id: string) =>
+    Effect.gen(function* () {
+      const a = yield* api((yield* Agents).get(id))
+      yield* requireCompany(a.companyId)
+      return a
+    })
+  return h
+    .handle("list", ({ path }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(Agents, (a) => api(a.list(path.companyId)))))
+    .handle("create", ({ path, payload }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(Agents, (a) => api(a.create(path.companyId, payload)))))
+    .handle("get", ({ path }) => owned(path.id))
+    .handle("patch", ({ path, payload }) => Effect.zipRight(owned(path.id), Effect.flatMap(Agents, (a) => api(a.update(path.id, payload)))))
+    .handle("setDefaultEnvironment", ({ path, payload }) => Effect.zipRight(owned(path.id), Effect.flatMap(Agents, (a) => api(a.update(path.id, { defaultEnvironmentId: payload.environmentId })))))
+    .handle("delete", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Agents, (a) => Effect.as(api(a.remove(path.id)), { deleted: true }))))
+})
+
+const sseFrame = (m: RunOutput) =>
+  m._tag === "chunk"
+    ? `id: ${m.seq}\nevent: ${m.stream}\ndata: ${JSON.stringify({ seq: m.seq, stream: m.stream, chunk: m.chunk })}\n\n`
+    : `event: end\ndata: ${JSON.stringify(m.run)}\n\n`
+
+const RunsLive = HttpApiBuilder.group(GantryApi, "runs", (h) => {
+  const owned = (id: string) =>
+    Effect.gen(function* () {
+      const r = yield* api((yield* Runs).get(id))
+      yield* requireCompany(r.companyId)
+      return r
+    })
+  return h
+    .handle("start", ({ path, payload }) =>
+      Effect.gen(function* () {
+        const agent = yield* api((yield* Agents).get(path.id))
+        yield* requireCompany(agent.companyId)
+        return yield* api((yield* Runs).start(agent.companyId, agent.id, {
+          ...(payload.environmentId !== undefined ? { environmentId: payload.environmentId } : {}),
+          ...(payload.env ? { env: payload.env } : {})
+        }))
+      }))
+    .handle("list", ({ path, urlParams }) => Effect.zipRight(requireCompany(path.companyId),
+      Effect.flatMap(Runs, (r) => r.list(urlParams.agentId ? { agentId: urlParams.agentId, limit: urlParams.limit ?? 100 } : { companyId: path.companyId, limit: urlParams.limit ?? 100 })).pipe(
+        Effect.map((runs) => runs.filter((r) => r.companyId === path.companyId)))))
+    .handle("get", ({ path }) => owned(path.id))
+    .handle("cancel", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Runs, (r) => api(r.cancel(path.id)))))
+    .handleRaw("output", ({ path }) =>
+      Effect.gen(function* () {
+        yield* owned(path.id)
+        const runs = yield* Runs
+        const req = yield* HttpServerRequest.HttpServerRequest
+        const last = Number(req.headers["last-event-id"] ?? "0")
+        const stream = runs.output(path.id, { afterSeq: Number.isFinite(last) ? last : 0 }).pipe(
+          Stream.map(sseFrame),
+          Stream.catchAll(() => Stream.empty),
+          Stream.encodeText
+        )
+        return HttpServerResponse.stream(stream, {
+          contentType: "text/event-stream",
+          headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
+        })
+      }))
+    .handle("leases", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Leases, (l) => l.list({ runId: path.id }))))
+})
+
+const RuntimeLive = HttpApiBuilder.group(GantryApi, "runtime", (h) =>
+  h
+    .handle("run", () => Effect.flatMap(bearerOf, (t) => Effect.flatMap(Runtime, (r) => api(r.whoami(t)))))
+    .handle("heartbeat", () => Effect.flatMap(bearerOf, (t) => Effect.flatMap(Runtime, (r) => api(r.heartbeat(t)))))
+    .handle("log", ({ payload }) => Effect.flatMap(bearerOf, (t) => Effect.flatMap(Runtime, (r) => api(r.log(t, { stream: payload.stream ?? "stdout", chunk: payload.chunk }))))))
+
+export const layer = Layer.mergeAll(
+  HealthLive, CompaniesLive, SecretsLive, PluginsLive, WebhooksLive, EnvironmentsLive, AgentsLive, RunsLive, RuntimeLive
+)
+
+export { Clock, Option, Redactor }
