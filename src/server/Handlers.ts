@@ -144,14 +144,9 @@ const WebhooksLive = HttpApiBuilder.group(GantryApi, "webhooks", (h) =>
       const req = yield* HttpServerRequest.HttpServerRequest
       const rawBody = yield* req.text.pipe(Effect.mapError(() => apiError(400, "bad_request", "could not read the request body")))
       if (Buffer.byteLength(rawBody) > MAX_WEBHOOK_BYTES) return yield* Effect.fail(apiError(413, "payload_too_large", `webhook bodies are limited to ${MAX_WEBHOOK_BYTES} bytes`))
-      let parsedBody: unknown = undefined
-      if ((req.headers["content-type"] ?? "").includes("json")) {
-        try {
-          parsedBody = JSON.parse(rawBody)
-        } catch {
-          parsedBody = undefined
-        }
-      }
+      const parsedBody: unknown = (req.headers["content-type"] ?? "").includes("json")
+        ? yield* Effect.try(() => JSON.parse(rawBody) as unknown).pipe(Effect.orElseSucceed(() => undefined))
+        : undefined
       const requestId = req.headers["x-request-id"] ?? req.headers["x-gantry-request-id"] ?? randomUUID()
       const headers: Record<string, string> = {}
       for (const [k, v] of Object.entries(req.headers)) if (k !== "authorization" && k !== "cookie") headers[k] = String(v)
