@@ -18,9 +18,11 @@ const COLD_STARTS = 5
 const RSS_SAMPLES = 3
 const IDLE_MS = 1_000
 const RUNS = 3
+/** Slices per run of a figure, interleaved across variants (see `collect`). */
+const CHUNKS = 10
 const SEQ_CALLS = 5_000
-const INFLIGHT_CALLS = 20_000
 const INFLIGHT_WIDTH = 64
+const INFLIGHT_CALLS = INFLIGHT_WIDTH * 320
 const NESTED_CALLS = 3_000
 const PAYLOAD = { n: 42, text: "hello, bench" }
 
@@ -245,19 +247,25 @@ const collect = async (variants: ReadonlyArray<Variant>) => {
     await d.inflight(INFLIGHT_WIDTH * 100, INFLIGHT_WIDTH)
     await d.seq(500, "nested")
   }
-  // interleaved: each figure is taken for every variant back to back, in a rotating order, so load
-  // from elsewhere on the machine hits all variants alike
+  // Each run of a figure is cut into CHUNKS slices taken round-robin across the variants (rotating who
+  // goes first), and a variant's figure is its calls over its summed time: this machine switches
+  // between a fast and a slow regime for seconds at a time (other load), and slicing makes every
+  // variant see the same mix instead of one variant catching a slow stretch.
   const figures: ReadonlyArray<readonly [Map<VariantName, Array<number>>, number, (d: Driver) => Promise<number>]> = [
-    [seq, SEQ_CALLS, (d) => d.seq(SEQ_CALLS, "echo")],
-    [inflight, INFLIGHT_CALLS, (d) => d.inflight(INFLIGHT_CALLS, INFLIGHT_WIDTH)],
-    [nested, NESTED_CALLS, (d) => d.seq(NESTED_CALLS, "nested")]
+    [seq, SEQ_CALLS, (d) => d.seq(SEQ_CALLS / CHUNKS, "echo")],
+    [inflight, INFLIGHT_CALLS, (d) => d.inflight(INFLIGHT_CALLS / CHUNKS, INFLIGHT_WIDTH)],
+    [nested, NESTED_CALLS, (d) => d.seq(NESTED_CALLS / CHUNKS, "nested")]
   ]
   for (let r = 0; r < RUNS; r++) {
     for (const [into, calls, measure] of figures) {
-      for (let i = 0; i < variants.length; i++) {
-        const v = variants[(i + r) % variants.length]!
-        into.get(v.name)!.push(calls / ((await measure(drivers.get(v.name)!)) / 1000))
+      const ms = new Map<VariantName, number>(variants.map((v) => [v.name, 0]))
+      for (let c = 0; c < CHUNKS; c++) {
+        for (let i = 0; i < variants.length; i++) {
+          const v = variants[(i + c + r) % variants.length]!
+          ms.set(v.name, ms.get(v.name)! + (await measure(drivers.get(v.name)!)))
+        }
       }
+      for (const v of variants) into.get(v.name)!.push(calls / (ms.get(v.name)! / 1000))
     }
   }
   for (const v of variants) await drivers.get(v.name)!.stop()

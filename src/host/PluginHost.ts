@@ -444,7 +444,9 @@ export const make = Effect.gen(function* () {
     status: (pluginId) => Effect.map(find(pluginId), snapshot),
     manifest: (pluginId) => Effect.map(find(pluginId), (e) => e.info),
     call: (pluginId, method, params, o) =>
-      Effect.flatMap(find(pluginId), (e) => {
+      Effect.suspend((): Effect.Effect<unknown, RpcError | PluginNotFound> => {
+        const e = entries.get(pluginId)
+        if (!e || e.status === "uninstalled") return Effect.fail(new PluginNotFound({ pluginId, message: `plugin "${pluginId}" is not installed` }))
         const r = e.current
         if (!r) return Effect.fail(new WorkerUnavailable({ message: `plugin "${pluginId}" worker is not running (${e.workerStatus})` }))
         if ((OptionalMethods as ReadonlyArray<string>).includes(method) && method.startsWith("environment") && !e.supportedMethods.includes(method)) {

@@ -312,37 +312,45 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
       return base
     }
 
+    const cancel = (id: RpcId) => {
+      const entry = pending.get(id)
+      if (entry) {
+        pending.delete(id)
+        if (entry.timer) clearTimeout(entry.timer)
+        send({ jsonrpc: "2.0", method: CANCEL_METHOD, params: { id } })
+      }
+    }
     const call = (method: string, params: unknown, o?: CallOptions): Effect.Effect<unknown, RpcError> =>
-      Effect.async<unknown, RpcError>((resume) => {
-        if (!open) {
-          resume(Effect.fail(new WorkerUnavailable({ message: options.closedMessage?.() ?? `${options.name}: ${closeReason}` })))
-          return
-        }
+      Effect.suspend(() => {
         const id = nextId++
-        const entry: Pending = { method, resume, timer: undefined }
-        const ms = o?.timeoutMs ?? defaultTimeout
-        if (ms > 0 && Number.isFinite(ms)) {
-          entry.timer = setTimeout(() => {
-            if (pending.delete(id)) {
-              send({ jsonrpc: "2.0", method: CANCEL_METHOD, params: { id } })
-              resume(Effect.fail(new RpcTimeout({ message: `${options.name}: call "${method}" timed out after ${ms} ms` })))
-            }
-          }, ms)
-        }
-        pending.set(id, entry)
-        const err = send(envelope({ jsonrpc: "2.0", id, method, params: params ?? {} }, o))
-        if (err) {
-          pending.delete(id)
-          if (entry.timer) clearTimeout(entry.timer)
-          resume(Effect.fail(err))
-          return
-        }
-        return Effect.sync(() => {
-          if (pending.delete(id)) {
+        const wait = Effect.async<unknown, RpcError>((resume) => {
+          if (!open) {
+            resume(Effect.fail(new WorkerUnavailable({ message: options.closedMessage?.() ?? `${options.name}: ${closeReason}` })))
+            return
+          }
+          const entry: Pending = { method, resume, timer: undefined }
+          const ms = o?.timeoutMs ?? defaultTimeout
+          if (ms > 0 && Number.isFinite(ms)) {
+            entry.timer = setTimeout(() => {
+              if (pending.delete(id)) {
+                send({ jsonrpc: "2.0", method: CANCEL_METHOD, params: { id } })
+                resume(Effect.fail(new RpcTimeout({ message: `${options.name}: call "${method}" timed out after ${ms} ms` })))
+              }
+            }, ms)
+          }
+          pending.set(id, entry)
+          const err = send(envelope({ jsonrpc: "2.0", id, method, params: params ?? {} }, o))
+          if (err) {
+            pending.delete(id)
             if (entry.timer) clearTimeout(entry.timer)
-            send({ jsonrpc: "2.0", method: CANCEL_METHOD, params: { id } })
+            resume(Effect.fail(err))
           }
         })
+        return Effect.uninterruptibleMask((restore) =>
+          Effect.catchAllCause(restore(wait), (cause) => {
+            if (Cause.isInterruptedOnly(cause)) cancel(id)
+            return Effect.failCause(cause)
+          }))
       })
 
     const peer: Peer = {
