@@ -439,7 +439,9 @@ export const make = Effect.gen(function* () {
     start,
     stop: (pluginId) => Effect.flatMap(find(pluginId), stopEntry),
     disable: (pluginId) => Effect.flatMap(find(pluginId), (e) => Effect.zipRight(stopEntry(e), setStatus(e, "disabled"))),
-    uninstall: (pluginId) => Effect.flatMap(find(pluginId), (e) => Effect.zipRight(stopEntry(e), setStatus(e, "uninstalled"))),
+    // an uninstalled plugin's subscriptions are retired: events stop queueing for it
+    uninstall: (pluginId) => Effect.flatMap(find(pluginId), (e) =>
+      Effect.zipRight(stopEntry(e), Effect.zipRight(setStatus(e, "uninstalled"), Effect.asVoid(stores.events.retire(pluginId, []))))),
     list: Effect.sync(() => [...entries.values()].filter((e) => e.status !== "uninstalled").map(snapshot)),
     status: (pluginId) => Effect.map(find(pluginId), snapshot),
     manifest: (pluginId) => Effect.map(find(pluginId), (e) => e.info),
