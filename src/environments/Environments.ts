@@ -4,7 +4,7 @@
 import { SqlClient } from "@effect/sql"
 import { Clock, Context, Effect, Layer, Schema } from "effect"
 import { randomUUID } from "node:crypto"
-import { validateAgainst } from "../host/jsonSchema.js"
+import { secretRefPaths, validateAgainst } from "../host/jsonSchema.js"
 import { Companies, type CompanyNotFound } from "../work/Companies.js"
 import { CapabilityStores } from "../host/Stores.js"
 import { Executor } from "./Execution.js"
@@ -188,6 +188,12 @@ export const make = Effect.gen(function* () {
       for (const [k, v] of Object.entries(cfg)) if (!(HOST_FIELDS as ReadonlyArray<string>).includes(k)) providerPart[k] = v
       const schemaErrors = validateAgainst(provider.configSchema, providerPart)
       if (schemaErrors.length > 0) return yield* invalid(schemaErrors.map((e) => `config${e === "/" ? "" : e.startsWith("/") ? e.replace(/^\//, ".").replace(/\//g, ".") : `: ${e}`}`))
+      // secret refs must name secrets of this company (SPEC §14: never another company's)
+      for (const ref of secretRefPaths(providerPart)) {
+        const owner = yield* sql<{ company_id: string }>`SELECT company_id FROM secrets WHERE id = ${ref.secretId}`.pipe(Effect.orDie)
+        if (owner.length === 0 || owner[0]!.company_id !== companyId) errors.push(`config.${ref.path}: secret "${ref.secretId}" not found in this company`)
+      }
+      if (errors.length > 0) return yield* invalid(errors)
       let normalized = providerPart
       if (provider.supportedMethods.includes("environmentValidateConfig")) {
         const r = (yield* providers.call(provider.pluginId, "environmentValidateConfig", { driverKey: provider.driverKey, config: providerPart }, { companyId }).pipe(

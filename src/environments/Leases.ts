@@ -290,14 +290,13 @@ export const make = (options: LeasesOptions) =>
         const release = (status: LeaseStatus, reason: string | null) =>
           Effect.flatMap(finish(r.id, status, reason, ["acquiring", "active", "pending_cleanup"]), (changed) =>
             changed ? emit("environment.lease.released", { ...record, status }) : Effect.void)
-        if (!(yield* providers.isAvailable(pluginId))) {
-          // provider down: defer without spending an attempt
-          yield* sql`UPDATE leases SET next_cleanup_at = ${now + options.deferMs}, sweeper_until = 0,
+        // provider down: defer without spending an attempt
+        const defer = Effect.flatMap(Clock.currentTimeMillis, (t) =>
+          sql`UPDATE leases SET next_cleanup_at = ${t + options.deferMs}, sweeper_until = 0,
             status = CASE WHEN status = 'pending_cleanup' THEN status ELSE 'pending_cleanup' END,
             cleanup_action = COALESCE(cleanup_action, 'destroy'), intended_status = COALESCE(intended_status, 'expired'),
-            failure_reason = COALESCE(failure_reason, ${reapReason}) WHERE id = ${r.id}`.pipe(Effect.orDie)
-          return "deferred" as const
-        }
+            failure_reason = COALESCE(failure_reason, ${reapReason}) WHERE id = ${r.id}`).pipe(Effect.orDie, Effect.as("deferred" as const))
+        if (!(yield* providers.isAvailable(pluginId))) return yield* defer
         const config = JSON.parse(r.config) as Record<string, unknown>
         const policy = JSON.parse(r.policy) as LeasePolicy
         const b = base(r.company_id, r.environment_id, driverKey, config)
@@ -324,6 +323,8 @@ export const make = (options: LeasesOptions) =>
           yield* release(intended, mode === "reap" ? reapReason : null)
           return "cleaned" as const
         }
+        // the worker died under the call (or had died before the host noticed): the provider is down, it did not fail
+        if (result.left._tag === "WorkerUnavailable") return yield* defer
         const attempts = Number(r.cleanup_attempts) + 1
         const reason = redactor.redact(`${action} failed (attempt ${attempts}): ${result.left.message}`)
         if (attempts >= CLEANUP_ATTEMPT_CAP) {

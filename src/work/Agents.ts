@@ -129,6 +129,12 @@ export const make = Effect.gen(function* () {
         if (!ENV_NAME_RE.test(k)) errors.push(`env.${k}: invalid variable name`)
         else if (typeof v !== "string" && !isSecretRef(v)) errors.push(`env.${k}: must be a string or a secret reference {type:"secret_ref", secretId}`)
         else if (k.startsWith("GANTRY_")) errors.push(`env.${k}: GANTRY_* variables are set by the host`)
+        else if (typeof v !== "string") {
+          // a ref must name a secret of this company (SPEC §14: never another company's)
+          const secretId = (v as { secretId: string }).secretId
+          const owner = yield* sql<{ company_id: string }>`SELECT company_id FROM secrets WHERE id = ${secretId}`.pipe(Effect.orDie)
+          if (owner.length === 0 || owner[0]!.company_id !== companyId) errors.push(`env.${k}: secret "${secretId}" not found in this company`)
+        }
       }
       const timeoutMs = input.timeoutMs === undefined ? prev?.timeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS : input.timeoutMs
       if (typeof timeoutMs !== "number" || !Number.isInteger(timeoutMs) || timeoutMs <= 0 || timeoutMs > MAX_TIMEOUT_MS) errors.push(`timeoutMs: must be an integer between 1 and ${MAX_TIMEOUT_MS}`)

@@ -126,6 +126,7 @@ export interface RunsOptions {
 }
 
 const MAX_LOG_BYTES = 4 * OUTPUT_CAP
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/
 const secretRefOf = (v: EnvValue) => (typeof v === "string" ? undefined : v)
 
 export const make = (options: RunsOptions) =>
@@ -230,6 +231,8 @@ export const make = (options: RunsOptions) =>
         const env: Environment = selected.right
         yield* sql`UPDATE runs SET environment_id = ${env.id} WHERE id = ${row.id}`.pipe(Effect.orDie)
         const token = yield* tokens.sign({ runId: row.id, companyId: row.company_id, agentId: row.agent_id, expiresAt: Number(row.deadline_at) })
+        // a command that prints its token must not leak it into logs or stored output
+        yield* redactor.register(token)
         yield* emit("agent.run.started", { ...toRun(row), environmentId: env.id, status: "running" })
         let leaseId: string | null = null
         // output chunks arrive on plain callbacks; one consumer appends them in order
@@ -258,7 +261,7 @@ export const make = (options: RunsOptions) =>
             const s = yield* environments.sandboxSettings(env)
             const lease = yield* leases.acquire({
               companyId: row.company_id, environmentId: env.id, runId: row.id, agentId: agent.id,
-              provider: s.provider, config: s.providerConfig, policy: { ...s.policy, timeoutMs: Math.max(s.policy.timeoutMs, agent.timeoutMs) }
+              provider: s.provider, config: s.providerConfig, policy: s.policy
             })
             leaseId = lease.id
             yield* sql`UPDATE runs SET lease_id = ${lease.id} WHERE id = ${row.id}`.pipe(Effect.orDie)
@@ -322,8 +325,15 @@ export const make = (options: RunsOptions) =>
         if (!accepting) return yield* new RunConflict({ message: "the host is shutting down and accepts no new runs" })
         const agent = yield* agents.get(agentId).pipe(Effect.mapError((e) => new RunNotFound({ runId: agentId, message: e.message })))
         if (agent.companyId !== companyId) return yield* new RunNotFound({ runId: agentId, message: `agent "${agentId}" not found` })
-        if (input.env !== undefined && (typeof input.env !== "object" || input.env === null || !Object.values(input.env).every((v) => typeof v === "string"))) {
-          return yield* new RunInvalid({ message: "env: must map variable names to strings" })
+        if (input.env !== undefined) {
+          const env: unknown = input.env
+          // the same names an agent's env accepts; GANTRY_* are the host's
+          const errors = typeof env !== "object" || env === null || Array.isArray(env)
+            ? ["env: must map variable names to strings"]
+            : Object.entries(env).flatMap(([k, v]) => !ENV_NAME_RE.test(k) ? [`env.${k}: invalid variable name`]
+              : k.startsWith("GANTRY_") ? [`env.${k}: GANTRY_* variables are set by the host`]
+              : typeof v !== "string" ? [`env.${k}: must be a string`] : [])
+          if (errors.length > 0) return yield* new RunInvalid({ message: `invalid run: ${errors.join("; ")}` })
         }
         const explicit = input.environmentId ?? null
         // validate the selection up front: a bad environment is a 4xx, not a failed run
@@ -411,21 +421,22 @@ export const make = (options: RunsOptions) =>
         Stream.unwrapScoped(Effect.gen(function* () {
           const run = yield* get(runId)
           const l = TERMINAL_RUN.includes(run.status) ? undefined : live.get(runId)
-          // subscribe before reading the log so nothing falls between the two
+          // subscribe before reading the status and the log so nothing falls between them
           const sub = l ? yield* PubSub.subscribe(l.pubsub) : undefined
+          // ended before the subscription: its end was published already, the log is complete
+          const ended = sub === undefined || TERMINAL_RUN.includes((yield* get(runId)).status)
           const logged = yield* sql<{ id: number; stream: "stdout" | "stderr" | "system"; chunk: string }>`SELECT id, stream, chunk FROM run_logs
             WHERE run_id = ${runId} ORDER BY id`.pipe(Effect.orDie)
           const past = logged.map((r, i) => ({ _tag: "chunk" as const, seq: i + 1, stream: r.stream, chunk: r.chunk }))
             .filter((c) => c.seq > (o?.afterSeq ?? 0))
           const lastSeq = past.length > 0 ? past[past.length - 1]!.seq : o?.afterSeq ?? 0
-          if (!sub) return Stream.concat(Stream.fromIterable<RunOutput>(past), Stream.fromEffect(Effect.map(Effect.orDie(get(runId)), (r): RunOutput => ({ _tag: "end", run: r }))))
+          if (ended) return Stream.concat(Stream.fromIterable<RunOutput>(past), Stream.fromEffect(Effect.map(Effect.orDie(get(runId)), (r): RunOutput => ({ _tag: "end", run: r }))))
+          // still running after we subscribed: its end (and every later chunk) reaches the subscription
           const liveStream = Stream.fromQueue(sub).pipe(
             Stream.filter((m) => m._tag === "end" || m.seq > lastSeq),
             Stream.takeUntil((m) => m._tag === "end")
           )
-          // the run may have ended between the status read and the subscription
-          const endCheck = Stream.fromEffect(get(runId)).pipe(Stream.filter((r) => TERMINAL_RUN.includes(r.status)), Stream.map((r): RunOutput => ({ _tag: "end", run: r })))
-          return Stream.concat(Stream.fromIterable<RunOutput>(past), Stream.merge(liveStream, endCheck, { haltStrategy: "either" }).pipe(Stream.takeUntil((m) => m._tag === "end")))
+          return Stream.concat(Stream.fromIterable<RunOutput>(past), liveStream)
         })),
       appendLog: (runId, stream, chunk) => Effect.zipRight(get(runId), appendChunk(runId, stream, chunk)),
       isActive: (runId) => get(runId).pipe(Effect.map((r) => !TERMINAL_RUN.includes(r.status)), Effect.orElseSucceed(() => false)),

@@ -3,7 +3,7 @@
 // per lease, real processes (one process group per command) and fault injection read from the config.
 import { spawn } from "node:child_process"
 import { createHash, randomBytes } from "node:crypto"
-import { constants as fsConstants, promises as fsp, readFileSync, statSync } from "node:fs"
+import { constants as fsConstants, promises as fsp, readdirSync, readFileSync, readlinkSync, realpathSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { dirname, isAbsolute, join } from "node:path"
 import { StringDecoder } from "node:string_decoder"
@@ -402,6 +402,38 @@ const killRecorded = async (procs: ReadonlyArray<SandboxProcess>, skip: Readonly
   while (targets.some((p) => running(p.pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
 }
 
+/**
+ * Kill every process working inside `workspace`, by process group: commands of a worker SIGKILLed
+ * before their inventory record was written (that write waits for the inventory lock) are found this way.
+ */
+const killInside = async (workspace: string): Promise<void> => {
+  let root: string
+  try {
+    root = realpathSync(workspace)
+  } catch {
+    return
+  }
+  const groups = new Set<number>()
+  const own = procStat(process.pid)?.[2]
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const cwd = readlinkSync(`/proc/${d}/cwd`)
+      if (cwd !== root && !cwd.startsWith(`${root}/`)) continue
+      const pgid = procStat(Number(d))?.[2]
+      // commands run in their own groups; never signal this process's group
+      if (pgid !== undefined && pgid !== own && Number(pgid) > 1) groups.add(Number(pgid))
+      else process.kill(Number(d), "SIGKILL")
+    } catch {
+      // gone, or not ours
+    }
+  }
+  if (groups.size === 0) return
+  for (const g of groups) killGroup(g, "SIGKILL")
+  const deadline = Date.now() + 2_000
+  while ([...groups].some((g) => running(g)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
+}
+
 const isDir = (p: string): boolean => {
   try {
     return statSync(p).isDirectory()
@@ -468,11 +500,12 @@ export const createFakeSandbox = (defaults: Defaults = {}): FakeSandbox => {
     return list.length
   }
 
-  /** Tear down sandboxes: their processes (ours and recorded), then their workspaces. */
+  /** Tear down sandboxes: their processes (ours, recorded, and any still inside), then their workspaces. */
   const teardown = async (entries: ReadonlyArray<SandboxEntry>): Promise<void> => {
     for (const e of entries) {
       await cancel(e.providerLeaseId)
       await killRecorded(e.processes, ownPids())
+      await killInside(e.workspace)
       await fsp.rm(e.workspace, { recursive: true, force: true })
     }
   }

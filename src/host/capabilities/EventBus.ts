@@ -227,12 +227,12 @@ export const make = (options: EventBusOptions) =>
       let n = PRUNE_CHUNK
       while (n === PRUNE_CHUNK) {
         n = (yield* sql`DELETE FROM event_deliveries WHERE id IN (SELECT id FROM event_deliveries
-          WHERE status = 'delivered' AND delivered_at < ${cutoff} LIMIT ${PRUNE_CHUNK}) RETURNING id`).length
+          WHERE status = 'delivered' AND delivered_at <= ${cutoff} LIMIT ${PRUNE_CHUNK}) RETURNING id`).length
       }
       n = PRUNE_CHUNK
       while (n === PRUNE_CHUNK) {
         // events older than every remaining delivery row (one scan of the rows left, no extra index)
-        n = (yield* sql`DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created_at < ${cutoff}
+        n = (yield* sql`DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created_at <= ${cutoff}
           AND seq < COALESCE((SELECT MIN(event_seq) FROM event_deliveries), seq + 1) LIMIT ${PRUNE_CHUNK}) RETURNING seq`).length
       }
     })
