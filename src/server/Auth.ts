@@ -5,6 +5,7 @@ import { SqlClient } from "@effect/sql"
 import { Clock, Context, Effect, Layer, Option, Redacted } from "effect"
 import { createHash, randomBytes, randomUUID } from "node:crypto"
 import { RunTokens } from "../environments/RunToken.js"
+import { Database } from "../store/Database.js"
 import { Runs } from "../work/Runs.js"
 import { apiError, Forbidden, Unauthorized, type ApiError } from "./errors.js"
 
@@ -38,12 +39,17 @@ export const layerTokens = Layer.effect(
         yield* sql`INSERT INTO api_tokens (id, hash, kind, company_id, name, created_at) VALUES (${id}, ${hash(token)}, ${kind}, ${companyId}, ${name}, ${now})`
         return { id, token }
       }).pipe(Effect.orDie)
+    const dialect = (yield* Database).dialect
+    const ensureAdmin = Effect.gen(function* () {
+      const existing = yield* sql`SELECT id FROM api_tokens WHERE kind = 'admin' LIMIT 1`.pipe(Effect.orDie)
+      if (existing.length > 0) return Option.none<string>()
+      return Option.some((yield* insert("admin", null, "instance admin")).token)
+    })
     return ApiTokens.of({
-      ensureAdmin: Effect.gen(function* () {
-        const existing = yield* sql`SELECT id FROM api_tokens WHERE kind = 'admin' LIMIT 1`.pipe(Effect.orDie)
-        if (existing.length > 0) return Option.none()
-        return Option.some((yield* insert("admin", null, "instance admin")).token)
-      }),
+      // replicas starting together on one Postgres: one creates (and prints) the admin token
+      ensureAdmin: dialect === "pg"
+        ? sql.withTransaction(Effect.zipRight(sql.unsafe(`SELECT pg_advisory_xact_lock(7346002)`), ensureAdmin)).pipe(Effect.orDie)
+        : ensureAdmin,
       createCompanyToken: (companyId, name) => insert("company", companyId, name),
       authenticate: (token) =>
         Effect.gen(function* () {

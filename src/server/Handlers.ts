@@ -96,7 +96,12 @@ const PluginsLive = HttpApiBuilder.group(GantryApi, "plugins", (h) =>
         yield* api((yield* PluginHost).status(path.pluginId))
         return yield* (yield* CapabilityStores).log.list(path.pluginId, Math.min(Math.max(urlParams.limit ?? 200, 1), 5_000))
       }))
-    .handle("getConfig", ({ path }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(PluginConfigs, (c) => api(c.get(path.pluginId, path.companyId)))))
+    .handle("getConfig", ({ path }) =>
+      Effect.gen(function* () {
+        yield* requireCompany(path.companyId)
+        yield* api((yield* Companies).get(path.companyId))
+        return yield* api((yield* PluginConfigs).get(path.pluginId, path.companyId))
+      }))
     .handle("putConfig", ({ path, payload }) =>
       Effect.gen(function* () {
         yield* requireCompany(path.companyId)
@@ -134,11 +139,12 @@ const WebhooksLive = HttpApiBuilder.group(GantryApi, "webhooks", (h) =>
       const host = yield* PluginHost
       const status = yield* api(host.status(path.pluginId))
       const info = yield* api(host.manifest(path.pluginId))
-      if (!(info.manifest.webhooks ?? []).some((w) => w.endpointKey === path.endpointKey)) {
-        return yield* Effect.fail(apiError(404, "webhook_not_found", `plugin "${path.pluginId}" declares no webhook "${path.endpointKey}"`))
-      }
+      // the capability first: a manifest cannot declare webhooks without it, so checked second it could never answer
       if (!info.activeCapabilities.includes("webhooks.receive")) {
         return yield* Effect.fail(apiError(403, "capability_missing", `plugin "${path.pluginId}" lacks the webhooks.receive capability`))
+      }
+      if (!(info.manifest.webhooks ?? []).some((w) => w.endpointKey === path.endpointKey)) {
+        return yield* Effect.fail(apiError(404, "webhook_not_found", `plugin "${path.pluginId}" declares no webhook "${path.endpointKey}"`))
       }
       if (status.workerStatus !== "running") return yield* Effect.fail(apiError(503, "worker_unavailable", `plugin "${path.pluginId}" is not running (${status.workerStatus})`))
       const req = yield* HttpServerRequest.HttpServerRequest
@@ -215,8 +221,9 @@ const RunsLive = HttpApiBuilder.group(GantryApi, "runs", (h) => {
         }))
       }))
     .handle("list", ({ path, urlParams }) => Effect.zipRight(requireCompany(path.companyId),
-      Effect.flatMap(Runs, (r) => r.list(urlParams.agentId ? { agentId: urlParams.agentId, limit: urlParams.limit ?? 100 } : { companyId: path.companyId, limit: urlParams.limit ?? 100 })).pipe(
-        Effect.map((runs) => runs.filter((r) => r.companyId === path.companyId)))))
+      // an unknown company is a 404 like every other company route, not an empty list
+      Effect.zipRight(api(Effect.flatMap(Companies, (c) => c.get(path.companyId))), Effect.flatMap(Runs, (r) => r.list(urlParams.agentId ? { agentId: urlParams.agentId, limit: urlParams.limit ?? 100 } : { companyId: path.companyId, limit: urlParams.limit ?? 100 })).pipe(
+        Effect.map((runs) => runs.filter((r) => r.companyId === path.companyId))))))
     .handle("get", ({ path }) => owned(path.id))
     .handle("cancel", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Runs, (r) => api(r.cancel(path.id)))))
     .handleRaw("output", ({ path }) =>

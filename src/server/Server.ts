@@ -44,7 +44,10 @@ const tooLarge = () => errorJson(413, "payload_too_large", `request bodies are l
  * bodies) answer in the API's error format too. */
 const errorFormat = (app: HttpApp.Default): HttpApp.Default =>
   HttpIncomingMessage.withMaxBodySize(
-    app.pipe(
+    // a body announced over the limit is refused before it is read: a read that hits the limit
+    // destroys the socket (the client sees a reset, not the 413), so only chunked bodies get that
+    Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) =>
+      Number(req.headers["content-length"] ?? "0") > MAX_BODY_BYTES ? Effect.succeed(tooLarge()) : app).pipe(
       Effect.map(reformat),
       Effect.catchAllCause((cause) => {
         const failure = Cause.failureOption(cause)
