@@ -13,7 +13,7 @@ import { randomUUID } from "node:crypto"
 import { Instance } from "../host/Instance.js"
 import { CapabilityStores } from "../host/Stores.js"
 import { Redactor } from "../host/capabilities/Redactor.js"
-import { Environments, type Environment } from "../environments/Environments.js"
+import { Environments, type Environment, type EnvironmentNotFound } from "../environments/Environments.js"
 import { Executor, OUTPUT_CAP, type ExecResult, type ExecTarget } from "../environments/Execution.js"
 import { Leases } from "../environments/Leases.js"
 import { Providers } from "../environments/Provider.js"
@@ -103,7 +103,7 @@ export interface StartInput {
 }
 
 export class Runs extends Context.Tag("gantry/Runs")<Runs, {
-  readonly start: (companyId: string, agentId: string, input?: StartInput) => Effect.Effect<Run, RunInvalid | RunNotFound | RunConflict>
+  readonly start: (companyId: string, agentId: string, input?: StartInput) => Effect.Effect<Run, RunInvalid | RunNotFound | RunConflict | EnvironmentNotFound>
   readonly get: (runId: string) => Effect.Effect<Run, RunNotFound>
   readonly list: (filter: { readonly companyId?: string; readonly agentId?: string; readonly limit?: number }) => Effect.Effect<ReadonlyArray<Run>>
   readonly cancel: (runId: string) => Effect.Effect<Run, RunNotFound>
@@ -338,7 +338,8 @@ export const make = (options: RunsOptions) =>
         const explicit = input.environmentId ?? null
         // validate the selection up front: a bad environment is a 4xx, not a failed run
         yield* environments.select(companyId, { explicit, agentDefault: agent.defaultEnvironmentId }).pipe(
-          Effect.mapError((e) => e._tag === "EnvironmentNotFound" || e._tag === "CompanyNotFound" ? new RunNotFound({ runId: explicit ?? "", message: e.message }) : new RunInvalid({ message: e.message }))
+          Effect.mapError((e) => e._tag === "CompanyNotFound" ? new RunNotFound({ runId: agentId, message: e.message })
+            : e._tag === "EnvironmentUnavailable" ? new RunInvalid({ message: e.message }) : e)
         )
         const id = (yield* insertRun(companyId, agent, "manual", explicit, input.env ?? {}, null))!
         yield* claimAndRun(id)

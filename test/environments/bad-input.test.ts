@@ -245,8 +245,8 @@ for (const db of testDbs) {
         yield* rejects(runs.start(co.id, "no-such-agent"), "RunNotFound", 404)
         yield* rejects(runs.start(co.id, theirAgent.id), "RunNotFound", 404)
         yield* rejects(runs.start("no-such-company", agent.id), "RunNotFound", 404)
-        yield* rejects(runs.start(co.id, agent.id, { environmentId: "no-such-env" }), "RunNotFound", 404)
-        yield* rejects(runs.start(co.id, agent.id, { environmentId: theirEnv.id }), "RunNotFound", 404)
+        yield* rejects(runs.start(co.id, agent.id, { environmentId: "no-such-env" }), "EnvironmentNotFound", 404)
+        yield* rejects(runs.start(co.id, agent.id, { environmentId: theirEnv.id }), "EnvironmentNotFound", 404)
         for (const env of [{ "1BAD": "x" }, { "A=B": "x" }, { GANTRY_RUN_ID: "forged" }, { OK: 5 }, ["A=1"], "A=1"]) {
           yield* rejects(runs.start(co.id, agent.id, { env: env as never }), "RunInvalid", 422)
         }
