@@ -2,9 +2,7 @@
 import { Command as Cli, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Effect, Option } from "effect"
-import { serve } from "./serve.js"
 import { commands as clientCommands } from "./client.js"
-import { demo } from "./demo.js"
 
 const env = (name: string) => process.env[name]
 
@@ -17,16 +15,17 @@ const serveCommand = Cli.make(
     databaseUrl: Options.text("database-url").pipe(Options.optional)
   },
   (o) =>
-    serve({
+    // the server is loaded only for `serve` (client commands start faster without it)
+    Effect.flatMap(Effect.promise(() => import("./serve.js")), ({ serve }) => serve({
       port: o.port,
       bindHost: o.host,
       dataDir: o.dataDir,
       databaseUrl: Option.getOrUndefined(o.databaseUrl) ?? env("GANTRY_DATABASE_URL"),
       publicUrl: env("GANTRY_PUBLIC_URL")
-    })
+    }))
 ).pipe(Cli.withDescription("Run the Gantry server (SQLite under --data-dir, or GANTRY_DATABASE_URL=postgres://…)"))
 
-const demoCommand = Cli.make("demo", {}, () => demo).pipe(
+const demoCommand = Cli.make("demo", {}, () => Effect.flatMap(Effect.promise(() => import("./demo.js")), ({ demo }) => demo)).pipe(
   Cli.withDescription("A scripted tour on a fresh temporary instance: company, sandbox environment, agent, a streamed run, the lease lifecycle")
 )
 

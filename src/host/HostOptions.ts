@@ -58,11 +58,12 @@ export class HostOptions extends Context.Tag("gantry/HostOptions")<HostOptions, 
   static readonly layer = (overrides: Partial<HostOptionsShape> = {}) =>
     Layer.effect(HostOptions, Effect.map(workerEnvConfig, (workerEnv) => ({ ...defaults, instanceId: freshInstanceId(), workerEnv, ...overrides })))
 
-  static readonly layerConfig = Layer.effect(
+  /** From `GANTRY_*` config; `overrides` (tests, the server's own choices) win over it. */
+  static readonly layerConfigWith = (overrides: Partial<HostOptionsShape> = {}) => Layer.effect(
     HostOptions,
     Effect.gen(function* () {
       const int = (name: string, d: number) => Config.integer(name).pipe(Config.withDefault(d))
-      return {
+      const fromConfig: HostOptionsShape = {
         ...defaults,
         workerEnv: yield* workerEnvConfig,
         instanceId: yield* Config.string("GANTRY_INSTANCE_ID").pipe(Config.withDefault(freshInstanceId())),
@@ -71,6 +72,10 @@ export class HostOptions extends Context.Tag("gantry/HostOptions")<HostOptions, 
         restartBaseMs: yield* int("GANTRY_RESTART_BASE_MS", defaults.restartBaseMs),
         crashLimit: yield* int("GANTRY_CRASH_LIMIT", defaults.crashLimit)
       }
-    })
+      return { ...fromConfig, ...overrides }
+    }).pipe(Effect.orDie)
   )
+
+  static readonly layerConfig = HostOptions.layerConfigWith()
+
 }

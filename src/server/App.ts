@@ -38,10 +38,11 @@ export interface AppOptions {
 /** Everything below the HTTP API. */
 export const layer = <RU = never>(o: AppOptions, runtimeUrlLayer?: Layer.Layer<RuntimeUrl.RuntimeUrl, never, RU>) => {
   const database = Database.layer({ url: o.databaseUrl, dataDir: o.dataDir })
-  const base = Layer.mergeAll(HostOptions.layer(o.host ?? {}), Redactor.layer, NodeContext.layer)
+  const base = Layer.mergeAll(HostOptions.layerConfigWith(o.host ?? {}), Redactor.layer, NodeContext.layer)
   // one SecretStore: the capability backend (plugins' secrets.resolve) and the API/runs share it
   const stores = Layer.mergeAll(Capabilities.layerSql, PluginRecords.layerSql, Instance.layer).pipe(
-    Layer.provideMerge(SecretStore.layer({ dataDir: o.dataDir }))
+    // GANTRY_SECRETS_KEY when set (replicas must share one key), else the key file in the data dir
+    Layer.provideMerge(Layer.effect(SecretStore.SecretStore, Effect.flatMap(SecretStore.optionsFromConfig, (c) => SecretStore.make({ ...c, dataDir: o.dataDir }))))
   )
   const host = PluginHost.layer
   const providers = o.providers ?? Provider.layerPluginHost

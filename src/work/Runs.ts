@@ -5,7 +5,7 @@
 // starts runs for agents with a schedule (no overlap per agent).
 import { SqlClient } from "@effect/sql"
 import {
-  Clock, Context, Data, Deferred, Duration, Effect, Exit, Cause, FiberMap, Layer, Option, PubSub, Queue, Schedule, Schema, Scope, Stream
+  Chunk, Clock, Context, Data, Deferred, Duration, Effect, Exit, Cause, FiberMap, Layer, Option, PubSub, Queue, Schedule, Schema, Scope, Stream
 } from "effect"
 import { mkdirSync } from "node:fs"
 import { join, resolve } from "node:path"
@@ -126,6 +126,7 @@ export interface RunsOptions {
 }
 
 const MAX_LOG_BYTES = 4 * OUTPUT_CAP
+const REMOTE_POLL_MS = 300
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/
 const secretRefOf = (v: EnvValue) => (typeof v === "string" ? undefined : v)
 
@@ -291,6 +292,17 @@ export const make = (options: RunsOptions) =>
         return yield* finishRun(row.id, "failed", null, typeof err === "string" ? err : err?.message ?? String(err), leaseId)
       })
 
+    /** stdout/stderr of a run rebuilt from its log (a cancelled run has no result of its own). */
+    const outputFromLog = (runId: string) =>
+      sql<{ stream: string; chunk: string }>`SELECT stream, chunk FROM run_logs WHERE run_id = ${runId} ORDER BY id`.pipe(
+        Effect.map((rows) => {
+          const join = (name: string) => rows.filter((r) => r.stream === name).map((r) => r.chunk).join("")
+          const stdout = join("stdout"), stderr = join("stderr")
+          return { stdout: stdout.slice(0, OUTPUT_CAP), stderr: stderr.slice(0, OUTPUT_CAP), truncated: stdout.length > OUTPUT_CAP || stderr.length > OUTPUT_CAP }
+        }),
+        Effect.orElseSucceed(() => null)
+      )
+
     /** Claim a queued run for this instance and fork its fiber. */
     const claimAndRun = (runId: string) =>
       Effect.gen(function* () {
@@ -305,7 +317,7 @@ export const make = (options: RunsOptions) =>
         yield* liveOf(runId)
         yield* FiberMap.run(fibers, runId, Effect.scoped(execute({ ...row, deadline_at: deadline, started_at: now })).pipe(
           // cancel (or host shutdown) interrupts the fiber: the lease scope has released by then
-          Effect.onInterrupt(() => finishRun(runId, "cancelled", null, "cancelled", null)),
+          Effect.onInterrupt(() => Effect.flatMap(outputFromLog(runId), (out) => finishRun(runId, "cancelled", out, "cancelled", null))),
           Effect.catchAllCause((c) => Cause.isInterruptedOnly(c) ? Effect.void : finishRun(runId, "failed", null, `internal error: ${Cause.pretty(c).slice(0, 500)}`, null))
         ))
       })
@@ -431,7 +443,27 @@ export const make = (options: RunsOptions) =>
           const past = logged.map((r, i) => ({ _tag: "chunk" as const, seq: i + 1, stream: r.stream, chunk: r.chunk }))
             .filter((c) => c.seq > (o?.afterSeq ?? 0))
           const lastSeq = past.length > 0 ? past[past.length - 1]!.seq : o?.afterSeq ?? 0
-          if (ended) return Stream.concat(Stream.fromIterable<RunOutput>(past), Stream.fromEffect(Effect.map(Effect.orDie(get(runId)), (r): RunOutput => ({ _tag: "end", run: r }))))
+          if (ended) {
+            const now = yield* Effect.orDie(get(runId))
+            if (TERMINAL_RUN.includes(now.status)) return Stream.concat(Stream.fromIterable<RunOutput>(past), Stream.succeed<RunOutput>({ _tag: "end", run: now }))
+            // running on another replica: follow its log in the database until it ends
+            return Stream.concat(Stream.fromIterable<RunOutput>(past), Stream.paginateChunkEffect(lastSeq, (seq): Effect.Effect<readonly [Chunk.Chunk<RunOutput>, Option.Option<number>], RunNotFound> =>
+              Effect.gen(function* () {
+                yield* Effect.sleep(Duration.millis(REMOTE_POLL_MS))
+                const rows = yield* sql<{ stream: "stdout" | "stderr" | "system"; chunk: string }>`SELECT stream, chunk FROM run_logs
+                  WHERE run_id = ${runId} ORDER BY id`.pipe(Effect.orDie)
+                const fresh = rows.slice(seq).map((r, i): RunOutput => ({ _tag: "chunk", seq: seq + i + 1, stream: r.stream, chunk: r.chunk }))
+                const r = yield* Effect.orDie(get(runId))
+                // the log is read before the status: a terminal run's log is complete
+                if (TERMINAL_RUN.includes(r.status)) {
+                  const rest = (yield* sql<{ stream: "stdout" | "stderr" | "system"; chunk: string }>`SELECT stream, chunk FROM run_logs
+                    WHERE run_id = ${runId} ORDER BY id`.pipe(Effect.orDie)).slice(seq + fresh.length)
+                    .map((x, i): RunOutput => ({ _tag: "chunk", seq: seq + fresh.length + i + 1, stream: x.stream, chunk: x.chunk }))
+                  return [Chunk.fromIterable<RunOutput>([...fresh, ...rest, { _tag: "end", run: r }]), Option.none<number>()] as const
+                }
+                return [Chunk.fromIterable<RunOutput>(fresh), Option.some(seq + fresh.length)] as const
+              })))
+          }
           // still running after we subscribed: its end (and every later chunk) reaches the subscription
           const liveStream = Stream.fromQueue(sub).pipe(
             Stream.filter((m) => m._tag === "end" || m.seq > lastSeq),

@@ -1,7 +1,10 @@
 // Runtime API service (SPEC §9): a run token acts for its own active run only.
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either } from "effect"
+import { Effect, Either, Schedule } from "effect"
+import { mkdtempSync, readFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { RunTokenInvalid, RunTokens } from "../../src/environments/RunToken.js"
 import { Environments } from "../../src/environments/Environments.js"
 import { Agents } from "../../src/work/Agents.js"
@@ -13,17 +16,33 @@ import { childPids } from "../helpers.js"
 import { firstChunkMatching, twinApp, waitStatus } from "./support.js"
 
 const uid = () => Math.random().toString(36).slice(2, 8)
+const tokenDir = mkdtempSync(join(tmpdir(), "gantry-runtime-test-"))
+
+/** Run tokens are redacted from run output, so the command hands its token over through a file. */
+const tokenScript = (file: string, then: string) => `printf '%s' "$GANTRY_RUN_TOKEN" > ${file}; echo "TOKEN=$GANTRY_RUN_TOKEN;"; ${then}`
+const readToken = (file: string) =>
+  Effect.retry(
+    Effect.try(() => {
+      const t = readFileSync(file, "utf8")
+      if (t.split(".").length !== 3) throw new Error("token not written yet")
+      return t
+    }),
+    Schedule.spaced("25 millis").pipe(Schedule.upTo("15 seconds"))
+  )
 
 /** A company, an agent whose command prints its run token then sleeps, and a started run. */
 const startSleeper = Effect.gen(function* () {
   const company = yield* (yield* Companies).create({ name: `co-${uid()}` })
+  const file = join(tokenDir, `token-${uid()}`)
   const agent = yield* (yield* Agents).create(company.id, {
-    name: `sleeper-${uid()}`, command: "sh", args: ["-c", `echo "TOKEN=$GANTRY_RUN_TOKEN;"; exec sleep 30`], timeoutMs: 60_000
+    name: `sleeper-${uid()}`, command: "sh", args: ["-c", tokenScript(file, "exec sleep 30")], timeoutMs: 60_000
   })
   const runs = yield* Runs
   const run = yield* runs.start(company.id, agent.id)
-  const [, token] = yield* firstChunkMatching(run.id, /TOKEN=([^;\s]+);/)
-  return { company, agent, run, token: token! }
+  // the token printed to the output is redacted
+  yield* firstChunkMatching(run.id, /TOKEN=\[REDACTED\];/)
+  const token = yield* readToken(file)
+  return { company, agent, run, token }
 })
 
 const refused = <A, E extends { readonly _tag: string }>(effect: Effect.Effect<A, E>) =>
@@ -149,9 +168,10 @@ for (const db of testDbs) {
         expect(yield* logCount(s.run.id)).toBe(n)
 
         // a run that finishes on its own: its token worked while it ran, not after
-        const agent = yield* (yield* Agents).create(s.company.id, { name: "quick", command: "sh", args: ["-c", `echo "TOKEN=$GANTRY_RUN_TOKEN;"`] })
+        const quickFile = join(tokenDir, `token-${uid()}`)
+        const agent = yield* (yield* Agents).create(s.company.id, { name: "quick", command: "sh", args: ["-c", tokenScript(quickFile, "true")] })
         const run = yield* runs.start(s.company.id, agent.id)
-        const [, token] = yield* firstChunkMatching(run.id, /TOKEN=([^;\s]+);/)
+        const token = yield* readToken(quickFile)
         expect((yield* waitStatus(run.id, ["succeeded"])).status).toBe("succeeded")
         const e = yield* refused(runtime.whoami(token!))
         expect((e as RunTokenInvalid).reason).toBe("finished")
