@@ -3,7 +3,11 @@
 import { rpc } from "./rpc.js"
 
 const benches: Record<string, () => Promise<void>> = {
-  rpc
+  rpc,
+  capabilities: () => import("./capabilities.js").then((m) => m.capabilities()),
+  leases: () => import("./leases.js").then((m) => m.leases()),
+  http: () => import("./http.js").then((m) => m.http()),
+  bwrap: () => import("./bwrap.js").then((m) => m.bwrap())
 }
 
 const main = async () => {

@@ -37,6 +37,8 @@ const sqliteLayer = (filename: string) =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
       yield* sql.unsafe("PRAGMA synchronous = NORMAL")
+      // fewer automatic checkpoints inside commits: each one waits on an fsync (bench/capabilities)
+      yield* sql.unsafe("PRAGMA wal_autocheckpoint = 4000")
       yield* sql.unsafe("PRAGMA busy_timeout = 10000")
       yield* sql.unsafe("PRAGMA foreign_keys = ON")
     })
