@@ -234,14 +234,17 @@ export const make = (options: LeasesOptions) =>
         const now = yield* Clock.currentTimeMillis
         const deadline = now + request.policy.ttlMs
         const providerName = `${provider.pluginId}/${provider.driverKey}`
-        yield* sql`INSERT INTO leases (id, company_id, environment_id, run_id, provider, provider_lease_id, status, policy, config,
-          idempotency_key, last_used_at, deadline_at, owner_instance_id, metadata, created_at)
-          VALUES (${id}, ${request.companyId}, ${request.environmentId}, ${request.runId}, ${providerName}, ${null}, 'acquiring',
-          ${JSON.stringify(request.policy)}, ${JSON.stringify(request.config)}, ${key}, ${now}, ${deadline}, ${instance.id}, ${"{}"}, ${now})`.pipe(Effect.orDie)
         const row = { id, companyId: request.companyId, environmentId: request.environmentId, runId: request.runId, provider: providerName }
         const held: { providerLeaseId: string | null; metadata: Record<string, unknown> } = { providerLeaseId: null, metadata: {} }
-        // the finalizer is registered before the provider is asked: whatever happens next is covered
-        yield* Effect.addFinalizer((exit) => releaseByExit(row, provider, request, held, exit))
+        // the row and its finalizer come together (an interruption between them would strand the row in
+        // `acquiring`), and both before the provider is asked: whatever happens next is covered
+        yield* Effect.acquireRelease(
+          sql`INSERT INTO leases (id, company_id, environment_id, run_id, provider, provider_lease_id, status, policy, config,
+          idempotency_key, last_used_at, deadline_at, owner_instance_id, metadata, created_at)
+          VALUES (${id}, ${request.companyId}, ${request.environmentId}, ${request.runId}, ${providerName}, ${null}, 'acquiring',
+          ${JSON.stringify(request.policy)}, ${JSON.stringify(request.config)}, ${key}, ${now}, ${deadline}, ${instance.id}, ${"{}"}, ${now})`.pipe(Effect.orDie),
+          (_, exit) => releaseByExit(row, provider, request, held, exit)
+        )
         const res = yield* providers.call(provider.pluginId, "environmentAcquireLease", {
           ...base(request.companyId, request.environmentId, provider.driverKey, request.config),
           runId: key,

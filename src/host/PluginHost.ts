@@ -102,7 +102,9 @@ class WorkerCrashed extends Error {
 export const restartPolicy = (o: HostOptionsShape) =>
   Schedule.exponential(Duration.millis(o.restartBaseMs), 2).pipe(
     Schedule.modifyDelay((d) => Duration.min(d, Duration.millis(o.restartMaxMs))),
-    Schedule.jitteredWith({ min: 0.75, max: 1.25 })
+    Schedule.jitteredWith({ min: 0.75, max: 1.25 }),
+    // a worker that stayed up well past the longest delay starts its backoff over
+    Schedule.resetAfter(Duration.millis(o.restartMaxMs * 2))
   )
 
 const timeoutFor = (o: HostOptionsShape, method: string, params: unknown): number => {

@@ -97,7 +97,8 @@ const checkEnvRun = (companyId: string, agentId: string) =>
       API_KEY: "[REDACTED]"
     })
     expect(JSON.parse(vars.GANTRY_API_CANDIDATES!)).toEqual(["http://127.0.0.1:3100"])
-    expect(vars.GANTRY_RUN_TOKEN!.split(".")).toHaveLength(3)
+    // the run token reached the command; stored output masks it like a secret
+    expect(vars.GANTRY_RUN_TOKEN).toBe("[REDACTED]")
     const stored = yield* storedTexts(done)
     for (const leak of [CANARY, AWS_CANARY, SECRET_VALUE]) expect(stored).not.toContain(leak)
     expect(stored).toContain("API_KEY=[REDACTED]")

@@ -403,17 +403,18 @@ const killRecorded = async (procs: ReadonlyArray<SandboxProcess>, skip: Readonly
 }
 
 /**
- * Kill every process working inside `workspace`, by process group: commands of a worker SIGKILLed
- * before their inventory record was written (that write waits for the inventory lock) are found this way.
+ * SIGKILL every process working inside `workspace`, by process group (except the groups in `skip`):
+ * commands of a worker SIGKILLed before their inventory record was written (that write waits for
+ * the inventory lock) are found this way. Returns the groups signalled.
  */
-const killInside = async (workspace: string): Promise<void> => {
+const signalInside = (workspace: string, skip: ReadonlySet<number>): Set<number> => {
+  const groups = new Set<number>()
   let root: string
   try {
     root = realpathSync(workspace)
   } catch {
-    return
+    return groups
   }
-  const groups = new Set<number>()
   const own = procStat(process.pid)?.[2]
   for (const d of readdirSync("/proc")) {
     if (!/^\d+$/.test(d)) continue
@@ -422,14 +423,19 @@ const killInside = async (workspace: string): Promise<void> => {
       if (cwd !== root && !cwd.startsWith(`${root}/`)) continue
       const pgid = procStat(Number(d))?.[2]
       // commands run in their own groups; never signal this process's group
-      if (pgid !== undefined && pgid !== own && Number(pgid) > 1) groups.add(Number(pgid))
-      else process.kill(Number(d), "SIGKILL")
+      if (pgid !== undefined && pgid !== own && Number(pgid) > 1) {
+        if (!skip.has(Number(pgid))) groups.add(Number(pgid))
+      } else process.kill(Number(d), "SIGKILL")
     } catch {
       // gone, or not ours
     }
   }
-  if (groups.size === 0) return
   for (const g of groups) killGroup(g, "SIGKILL")
+  return groups
+}
+const killInside = async (workspace: string, skip: ReadonlySet<number>): Promise<void> => {
+  const groups = signalInside(workspace, skip)
+  if (groups.size === 0) return
   const deadline = Date.now() + 2_000
   while ([...groups].some((g) => running(g)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
 }
@@ -505,15 +511,29 @@ export const createFakeSandbox = (defaults: Defaults = {}): FakeSandbox => {
     for (const e of entries) {
       await cancel(e.providerLeaseId)
       await killRecorded(e.processes, ownPids())
-      await killInside(e.workspace)
+      await killInside(e.workspace, ownPids())
       await fsp.rm(e.workspace, { recursive: true, force: true })
     }
+  }
+
+  /**
+   * Signal an expired sandbox's commands synchronously, before its removal is written: this process
+   * may be killed right after that write, and then no teardown would ever find them again.
+   */
+  const stopNow = (e: SandboxEntry): void => {
+    for (const p of procs.get(e.providerLeaseId) ?? []) void p.kill()
+    const own = ownPids()
+    for (const r of e.processes) {
+      if (!own.has(r.pid) && (r.startTime === null || !running(r.pid) || startTimeOf(r.pid) === r.startTime)) killGroup(r.pid, "SIGKILL")
+    }
+    signalInside(e.workspace, own)
   }
 
   /** Run `f` on the inventory under the lock; writes it back when `f` says it changed. */
   const mutate = async <A>(file: string, f: (inv: Inventory) => Change<A> | Promise<Change<A>>): Promise<A> => {
     const { result, pruned } = await withLock(file, async () => {
       const { inv, pruned } = await load(file)
+      for (const e of pruned) stopNow(e)
       const r = await f(inv)
       if (r.changed || pruned.length > 0) await writeAtomic(file, inv)
       return { result: r.result, pruned }
