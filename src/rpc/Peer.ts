@@ -1,7 +1,7 @@
 // A bidirectional JSON-RPC 2.0 peer over an NDJSON byte stream, used by the host and the worker.
 // The transport core (line splitting, pending map, deadlines, writes) is plain code owned by one
 // scoped resource; calls are `Effect.async`, inbound requests run as fibers in a FiberSet.
-import { Cause, Effect, Exit, Fiber, FiberSet, Option, type Either, type Scope } from "effect"
+import { Cause, Effect, Exit, Fiber, FiberSet, Option, Runtime, type Either, type Scope } from "effect"
 import {
   CANCEL_METHOD,
   MAX_MESSAGE_BYTES,
@@ -77,6 +77,12 @@ interface Pending {
 const STRAY_PREVIEW = 200
 const preview = (s: string) => (s.length > STRAY_PREVIEW ? `${s.slice(0, STRAY_PREVIEW)}… (${s.length} chars)` : s)
 
+/** The fiber a synchronous run handed over when the effect had to wait. */
+const asyncFiberOf = (cause: Cause.Cause<unknown>): Fiber.RuntimeFiber<unknown, unknown> | undefined => {
+  if (cause._tag !== "Die") return undefined
+  return Runtime.isAsyncFiberException(cause.defect) ? cause.defect.fiber : undefined
+}
+
 const errorOfCause = (cause: Cause.Cause<unknown>): RpcError => {
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure) && isRpcError(failure.value)) return failure.value
@@ -92,6 +98,8 @@ const errorOfCause = (cause: Cause.Cause<unknown>): RpcError => {
 export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Scope.Scope | R> =>
   Effect.gen(function* () {
     const runFork = yield* FiberSet.makeRuntime<R, unknown, unknown>()
+    const fibers = yield* FiberSet.make<unknown, unknown>()
+    const runSyncExit = Runtime.runSyncExit(yield* Effect.runtime<R>())
     const max = options.maxMessageBytes ?? MAX_MESSAGE_BYTES
     const defaultTimeout = options.defaultTimeoutMs ?? 30_000
     const pending = new Map<RpcId, Pending>()
@@ -193,21 +201,41 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
         invocationId: (msg.paperclipInvocationId as string | undefined) ??
           (typeof p?.paperclipInvocationId === "string" ? p.paperclipInvocationId : undefined)
       }
-      const fiber = runFork(handler.handle(params, ctx))
+      // run the handler synchronously as far as it goes: a handler that never waits (state in
+      // memory, an echo) answers without a fiber hop; one that waits continues as a fiber in the set
+      // (the hand-over is signalled with an exception: capturing its stack is most of its cost)
+      const stackLimit = Error.stackTraceLimit
+      Error.stackTraceLimit = 0
+      let exit: Exit.Exit<unknown, unknown>
+      try {
+        exit = runSyncExit(handler.handle(params, ctx))
+      } finally {
+        Error.stackTraceLimit = stackLimit
+      }
+      const asyncFiber = Exit.isFailure(exit) ? asyncFiberOf(exit.cause) : undefined
+      if (!asyncFiber) {
+        if (isRequest) respond(id!, method, exit)
+        return
+      }
+      FiberSet.unsafeAdd(fibers, asyncFiber)
       if (!isRequest) return
-      inbound.set(id!, fiber)
-      fiber.addObserver((exit) => {
-        if (inbound.get(id!) === fiber) inbound.delete(id!)
-        if (!open) return
-        if (Exit.isSuccess(exit)) {
-          const err = send({ jsonrpc: "2.0", id, result: exit.value === undefined ? null : exit.value })
-          if (err) sendError(id!, err)
-        } else if (Cause.isInterruptedOnly(exit.cause)) {
-          sendError(id!, new RpcTimeout({ message: `request "${method}" was cancelled` }))
-        } else {
-          sendError(id!, errorOfCause(exit.cause))
-        }
+      inbound.set(id!, asyncFiber)
+      asyncFiber.addObserver((exit) => {
+        if (inbound.get(id!) === asyncFiber) inbound.delete(id!)
+        respond(id!, method, exit)
       })
+    }
+
+    const respond = (id: RpcId, method: string, exit: Exit.Exit<unknown, unknown>) => {
+      if (!open) return
+      if (Exit.isSuccess(exit)) {
+        const err = send({ jsonrpc: "2.0", id, result: exit.value === undefined ? null : exit.value })
+        if (err) sendError(id, err)
+      } else if (Cause.isInterruptedOnly(exit.cause)) {
+        sendError(id, new RpcTimeout({ message: `request "${method}" was cancelled` }))
+      } else {
+        sendError(id, errorOfCause(exit.cause))
+      }
     }
 
     const handleLine = (line: string) => {
