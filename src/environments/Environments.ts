@@ -257,7 +257,8 @@ export const make = Effect.gen(function* () {
         policy: {
           onFailure: c.onFailure === "destroy" ? "destroy" : "release",
           ttlMs: typeof c.ttlMs === "number" ? c.ttlMs : defaultPolicy.ttlMs,
-          timeoutMs: typeof c.timeoutMs === "number" ? c.timeoutMs : defaultPolicy.timeoutMs
+          timeoutMs: typeof c.timeoutMs === "number" ? c.timeoutMs : defaultPolicy.timeoutMs,
+          reuse: c.reuseLease === true
         },
         env: isStringMap(c.env) ? c.env : {}
       } satisfies SandboxSettings
@@ -374,7 +375,7 @@ export const make = Effect.gen(function* () {
         const cycle = Effect.scoped(Effect.gen(function* () {
           const acquired = yield* step("acquire", leases.acquire({
             companyId: env.companyId, environmentId: env.id, runId: null, provider: s.provider, config: s.providerConfig,
-            policy: { ...s.policy, ttlMs: Math.min(s.policy.ttlMs, 10 * 60_000) }
+            policy: { ...s.policy, ttlMs: Math.min(s.policy.ttlMs, 10 * 60_000), reuse: false }
           }), steps, (l) => `lease ${l.id} (${l.providerLeaseId})`)
           if (acquired._tag === "Left") return false
           const exec = yield* step("execute true", executor.execute({ _tag: "sandbox", lease: acquired.right, cwd: undefined }, { command: "true", env: s.env, timeoutMs: s.policy.timeoutMs }), steps, (x) => `exit ${x.exitCode}`)

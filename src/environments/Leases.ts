@@ -3,7 +3,7 @@
 // scope's Exit; a finalizer that never fails (a failed provider call → `pending_cleanup`); a sweeper
 // that retries cleanup, reaps leases of dead hosts and past their deadline, and runs at start-up.
 import { SqlClient } from "@effect/sql"
-import { Clock, Config, Context, Duration, Effect, Exit, Cause, Layer, Schedule, Schema, type Scope } from "effect"
+import { Clock, Config, Context, Duration, Effect, Exit, Cause, Layer, Option, Schedule, Schema, type Scope } from "effect"
 import { createHash, randomUUID } from "node:crypto"
 import type { RpcError } from "../protocol/errors.js"
 import type { EventEnvelope } from "../protocol/methods.js"
@@ -22,6 +22,9 @@ export interface LeasePolicy {
   readonly ttlMs: number
   /** Provider call timeout base (SPEC §3.4: environment calls get their own timeoutMs + 30 s). */
   readonly timeoutMs: number
+  /** `reuseLease`: a successful run parks the lease (idle, sandbox kept) for the environment's next
+   * run, which resumes it with `environmentResumeLease` — also after a host restart. */
+  readonly reuse?: boolean
 }
 
 export const defaultPolicy: LeasePolicy = { onFailure: "release", ttlMs: 60 * 60_000, timeoutMs: 30_000 }
@@ -205,6 +208,13 @@ export const make = (options: LeasesOptions) =>
           yield* toPending(row.id, "destroy", "failed", Exit.isFailure(exit) ? `acquire did not complete: ${messageOf(Cause.squash(exit.cause))}` : "acquire did not complete")
           return
         }
+        if (intended === "released" && request.policy.reuse) {
+          // reusable: keep the sandbox, park the lease for the environment's next run
+          const now = yield* Clock.currentTimeMillis
+          const parked = yield* sql<{ id: string }>`UPDATE leases SET idle_since = ${now}, run_id = NULL, last_used_at = ${now}
+            WHERE id = ${row.id} AND status = 'active' RETURNING id`.pipe(Effect.orDie)
+          if (parked.length > 0) return
+        }
         const method = action === "destroy" ? "environmentDestroyLease" : "environmentReleaseLease"
         const result = yield* providers.call(provider.pluginId, method, {
           ...base(request.companyId, request.environmentId, provider.driverKey, request.config),
@@ -225,7 +235,57 @@ export const make = (options: LeasesOptions) =>
         }
       }).pipe(Effect.catchAllCause((c) => Effect.logError("lease finalizer", c)))
 
+    /** A parked lease of the environment, resumed for this run; None when there is none or its sandbox is gone. */
+    const resumeParked = (request: LeaseRequest) =>
+      Effect.gen(function* () {
+        const { provider } = request
+        const now = yield* Clock.currentTimeMillis
+        const candidates = yield* sql<Row>`SELECT * FROM leases WHERE environment_id = ${request.environmentId} AND status = 'active'
+          AND idle_since IS NOT NULL AND deadline_at > ${now} ORDER BY last_used_at DESC LIMIT 5`.pipe(Effect.orDie)
+        for (const c of candidates) {
+          // claim it (one run per lease, across replicas), then ask the provider whether it still exists
+          const claimed = yield* sql<Row>`UPDATE leases SET idle_since = NULL, run_id = ${request.runId}, owner_instance_id = ${instance.id},
+            last_used_at = ${now} WHERE id = ${c.id} AND idle_since IS NOT NULL AND status = 'active' RETURNING *`.pipe(Effect.orDie)
+          const r = claimed[0]
+          if (!r || r.provider_lease_id === null) continue
+          const row = { id: r.id, companyId: r.company_id, environmentId: r.environment_id, runId: request.runId, provider: r.provider }
+          const held = { providerLeaseId: r.provider_lease_id as string | null, metadata: JSON.parse(r.metadata) as Record<string, unknown> }
+          const resumed = yield* Effect.either(providers.call(provider.pluginId, "environmentResumeLease", {
+            ...base(request.companyId, request.environmentId, provider.driverKey, request.config),
+            providerLeaseId: r.provider_lease_id,
+            leaseMetadata: held.metadata
+          }, { companyId: request.companyId, timeoutMs: timeoutOf(request.policy) }))
+          const got = resumed._tag === "Right" ? resumed.right as { providerLeaseId?: string | null; metadata?: Record<string, unknown> } | null : null
+          if (!got || typeof got.providerLeaseId !== "string") {
+            // gone (or the provider refused): this lease is over, the run gets a fresh one
+            const reason = resumed._tag === "Left" ? `resume failed: ${resumed.left.message}` : "sandbox gone at resume"
+            if (resumed._tag === "Left") yield* toPending(r.id, "destroy", "released", reason)
+            else if (yield* finish(r.id, "released", reason, ["active"])) yield* emit("environment.lease.released", { ...row, status: "released" })
+            continue
+          }
+          held.providerLeaseId = got.providerLeaseId
+          if (got.metadata) held.metadata = redactor.redactValue(got.metadata)
+          yield* sql`UPDATE leases SET provider_lease_id = ${got.providerLeaseId}, metadata = ${JSON.stringify(held.metadata)} WHERE id = ${r.id}`.pipe(Effect.orDie)
+          yield* Effect.addFinalizer((exit) => releaseByExit(row, provider, request, held, exit))
+          return Option.some({
+            id: r.id, companyId: r.company_id, environmentId: r.environment_id, runId: request.runId, pluginId: provider.pluginId,
+            driverKey: provider.driverKey, providerLeaseId: got.providerLeaseId, metadata: held.metadata, config: request.config,
+            deadlineAt: Number(r.deadline_at)
+          } satisfies Lease)
+        }
+        return Option.none<Lease>()
+      })
+
     const acquire = (request: LeaseRequest) =>
+      Effect.gen(function* () {
+        if (request.policy.reuse && request.provider.supportedMethods.includes("environmentResumeLease")) {
+          const parked = yield* resumeParked(request)
+          if (Option.isSome(parked)) return parked.value
+        }
+        return yield* acquireFresh(request)
+      })
+
+    const acquireFresh = (request: LeaseRequest) =>
       Effect.gen(function* () {
         const { provider } = request
         const id = randomUUID()
@@ -355,7 +415,7 @@ export const make = (options: LeasesOptions) =>
       yield* Effect.forEach(pending, (r) => Effect.map(cleanupOne(r, "pending", r.failure_reason ?? "cleanup"), count), { concurrency: 8, discard: true })
       const staleBefore = now - instance.staleAfterMs
       const dead = yield* sql<Row>`SELECT l.* FROM leases l LEFT JOIN instances i ON i.id = l.owner_instance_id
-        WHERE l.status IN ('acquiring', 'active') AND l.owner_instance_id <> ${instance.id}
+        WHERE l.status IN ('acquiring', 'active') AND l.idle_since IS NULL AND l.owner_instance_id <> ${instance.id}
         AND (i.id IS NULL OR i.heartbeat_at < ${staleBefore}) AND l.sweeper_until < ${now} LIMIT 200`.pipe(Effect.orDie)
       yield* Effect.forEach(dead, (r) => Effect.map(cleanupOne(r, "reap", `owner instance ${r.owner_instance_id} died`), (o) => {
         count(o)

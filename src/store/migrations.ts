@@ -89,6 +89,9 @@ export const migrations: ReadonlyArray<readonly [number, string, Statements]> = 
   [4, "auth", () => [
     `CREATE TABLE IF NOT EXISTS api_tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
       company_id TEXT, name TEXT, created_at BIGINT NOT NULL, last_used_at BIGINT)`
+  ]],
+  [5, "reusable leases", () => [
+    `ALTER TABLE leases ADD COLUMN idle_since BIGINT`
   ]]
 ]
 
