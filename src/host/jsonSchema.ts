@@ -2,7 +2,9 @@
 // `format: "secret-ref"` fields must hold a secret reference, never a raw value.
 import AjvModule from "ajv"
 
-type Validate = ((data: unknown) => boolean) & { errors?: Array<{ instancePath: string; message?: string }> | null }
+type Validate = ((data: unknown) => boolean) & {
+  errors?: Array<{ instancePath: string; message?: string; keyword?: string; params?: { additionalProperty?: string } }> | null
+}
 const Ajv = ((AjvModule as unknown as { default?: unknown }).default ?? AjvModule) as unknown as new (o: object) => {
   addFormat: (name: string, f: unknown) => void
   compile: (schema: unknown) => Validate
@@ -42,7 +44,12 @@ export const validateAgainst = (schema: Record<string, unknown>, value: unknown)
     cache.set(schema, validate)
   }
   const errors: Array<string> = []
-  if (!validate(value)) for (const e of validate.errors ?? []) errors.push(`${e.instancePath || "/"}: ${e.message ?? "invalid"}`)
+  if (!validate(value)) {
+    for (const e of validate.errors ?? []) {
+      const extra = e.keyword === "additionalProperties" && e.params?.additionalProperty ? ` ("${e.params.additionalProperty}")` : ""
+      errors.push(`${e.instancePath || "/"}: ${e.message ?? "invalid"}${extra}`)
+    }
+  }
   secretRefProblems(schema, value, "", errors)
   return errors
 }
