@@ -18,12 +18,14 @@ const COLD_STARTS = 5
 const RSS_SAMPLES = 3
 const IDLE_MS = 1_000
 const RUNS = 3
-/** Slices per run of a figure, interleaved across variants (see `collect`). */
-const CHUNKS = 10
-const SEQ_CALLS = 5_000
+/** Slices per run of a figure, interleaved across variants (see `collect`). Slices of a few thousand
+ * calls: with slices of a few hundred, per-slice wake-up costs of idle processes dominated and the
+ * figures swung by ±40 % between runs. */
+const CHUNKS = 4
+const SEQ_CALLS = 20_000
 const INFLIGHT_WIDTH = 64
 const INFLIGHT_CALLS = INFLIGHT_WIDTH * 320
-const NESTED_CALLS = 3_000
+const NESTED_CALLS = 8_000
 const PAYLOAD = { n: 42, text: "hello, bench" }
 
 export type VariantName = "gantry" | "paperclip" | "raw"
