@@ -6,7 +6,11 @@ import type { CapabilityStoresShape, LogEntry } from "../Stores.js"
 
 const MAX_MESSAGE = 16_384
 
-export const make = (options: { readonly retention: number; readonly redact: (s: string) => string }) =>
+export const make = (options: {
+  readonly retention: number
+  readonly redact: (s: string) => string
+  readonly redactValue: <A>(value: A) => A
+}) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     let sinceTrim = 0
@@ -15,7 +19,8 @@ export const make = (options: { readonly retention: number; readonly redact: (s:
         Effect.gen(function* () {
           const now = yield* Clock.currentTimeMillis
           const text = options.redact(message.length > MAX_MESSAGE ? `${message.slice(0, MAX_MESSAGE)}… (truncated)` : message)
-          const metaText = meta === undefined ? null : options.redact(JSON.stringify(meta) ?? "null")
+          // values are scrubbed before serializing: JSON escaping would hide a secret holding `"` or `\`
+          const metaText = meta === undefined ? null : options.redact(JSON.stringify(options.redactValue(meta)) ?? "null")
           yield* sql`INSERT INTO plugin_logs (plugin_id, at, level, message, meta) VALUES (${pluginId}, ${now}, ${level}, ${text}, ${metaText})`
           if (++sinceTrim >= 500) {
             sinceTrim = 0

@@ -15,7 +15,7 @@ export const layerSql = Layer.scoped(
   Effect.gen(function* () {
     const redactor = yield* Redactor
     const retention = yield* Config.integer("GANTRY_LOG_RETENTION").pipe(Config.withDefault(5_000), Effect.orDie)
-    const log = yield* PluginLog.make({ retention, redact: redactor.redact })
+    const log = yield* PluginLog.make({ retention, redact: redactor.redact, redactValue: redactor.redactValue })
     return {
       config: yield* ConfigStore.make,
       state: yield* StateStore.make,
