@@ -5,9 +5,10 @@
 // second with 10 subscriber plugins (10 workers); secretResolvesPerS: secrets.resolve of a bound ref in a loop.
 // Both databases run side by side in one process: each figure is taken in rounds, alternating databases.
 import { SqlClient } from "@effect/sql"
+import { childPids } from "../test/helpers.js"
 import { Duration, Effect, Layer, Logger, ManagedRuntime, Redacted, Schedule } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { loadavg, tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { performance } from "node:perf_hooks"
@@ -76,29 +77,8 @@ export const percentile = (xs: ReadonlyArray<number>, p: number): number => {
 export const round = (x: number, digits = 0) => Math.round(x * 10 ** digits) / 10 ** digits
 export const loadAvg1m = () => round(loadavg()[0]!, 2)
 
-const isLive = (pid: string): boolean => {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z"
-  } catch {
-    return false
-  }
-}
-
-/** Pids of this process's live children (zombies excluded), from /proc (Linux). */
-export const childPidsNow = (): Array<number> => {
-  const out: Array<number> = []
-  for (const tid of readdirSync("/proc/self/task")) {
-    let text = ""
-    try {
-      text = readFileSync(`/proc/self/task/${tid}/children`, "utf8")
-    } catch {
-      continue
-    }
-    for (const p of text.split(/\s+/).filter(Boolean)) if (isLive(p)) out.push(Number(p))
-  }
-  return out
-}
+/** Pids of this process's live children (the test helpers' /proc reader). */
+export const childPidsNow = childPids
 
 /** Fail loudly (stderr, exit code) when a benchmark left child processes behind. */
 export const assertNoChildren = (bench: string, before: ReadonlyArray<number> = []) => {
