@@ -479,13 +479,19 @@ const followAndFinish = (runId: string, json: boolean) =>
     ? withProgress(`waiting for run ${short(runId)}`, followRun(runId, () => Effect.void)).pipe(Effect.flatMap((run) => finish(true, run)))
     : Effect.flatMap(attach(runId), (run) => finish(false, run))
 
-/** Ctrl-C while following a run cancels it (the lease scope on the server does the rest). */
+/**
+ * Ctrl-C while following a run cancels it (the lease scope on the server does the rest) and exits
+ * with 130, the shell's code for "ended by SIGINT".
+ */
 const cancelOnInterrupt = (runId: string) => <A, E, R>(self: Effect.Effect<A, E, R>) =>
   Effect.onInterrupt(self, () =>
-    withClient((c) => c.post(path("/api/runs", runId, "cancel"))).pipe(
-      Effect.zipRight(write("stderr", `\ncancelled run ${runId}\n`)),
-      Effect.timeout("5 seconds"),
-      Effect.ignore
+    Effect.zipRight(
+      setExitCode(130),
+      withClient((c) => c.post(path("/api/runs", runId, "cancel"))).pipe(
+        Effect.zipRight(write("stderr", `\ncancelled run ${runId}\n`)),
+        Effect.timeout("5 seconds"),
+        Effect.ignore
+      )
     ))
 
 const runCommand = leaf("run", "Start a run of an agent, stream its output, exit with the command's exit code", {

@@ -1,7 +1,8 @@
 // The `gantry` command (one of the two places that run effects: the host entry point).
 import { Command as Cli, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Effect, Option } from "effect"
+import { Runtime } from "@effect/platform"
+import { Cause, Effect, Exit, Option } from "effect"
 import { commands as clientCommands } from "./client.js"
 
 const env = (name: string) => process.env[name]
@@ -33,4 +34,13 @@ const gantry = Cli.make("gantry").pipe(Cli.withSubcommands([serveCommand, demoCo
 
 const run = Cli.run(gantry, { name: "gantry", version: "0.1.0" })
 
-NodeRuntime.runMain(run(process.argv).pipe(Effect.provide(NodeContext.layer)))
+/**
+ * Interrupted by a signal: exit with the code the command chose for that case (`gantry run` sets 130
+ * after cancelling its run), else 0 (a server's graceful shutdown). Everything else as usual.
+ */
+const teardown: Runtime.Teardown = (exit, onExit) =>
+  Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause)
+    ? onExit(typeof process.exitCode === "number" ? process.exitCode : 0)
+    : Runtime.defaultTeardown(exit, onExit)
+
+NodeRuntime.runMain(run(process.argv).pipe(Effect.provide(NodeContext.layer)), { teardown })

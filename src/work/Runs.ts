@@ -303,24 +303,37 @@ export const make = (options: RunsOptions) =>
         Effect.orElseSucceed(() => null)
       )
 
-    /** Claim a queued run for this instance and fork its fiber. */
+    /**
+     * Claim a queued run for this instance and fork its fiber. Uninterruptible from the claim to the
+     * fork, and whatever goes wrong in between ends the run (failed) or hands it back (queued, when the
+     * host is closing): a claimed run never stays `running` with no fiber behind it.
+     */
     const claimAndRun = (runId: string) =>
-      Effect.gen(function* () {
+      Effect.uninterruptible(Effect.gen(function* () {
         if (!accepting) return
         const now = yield* Clock.currentTimeMillis
         const claimed = yield* sql<Row>`UPDATE runs SET status = 'running', owner_instance_id = ${instance.id}, started_at = ${now}
           WHERE id = ${runId} AND status = 'queued' RETURNING *`.pipe(Effect.orDie)
         if (claimed.length === 0) return
         const row = claimed[0]!
-        const deadline = now + (yield* Effect.orDie(agents.get(row.agent_id))).timeoutMs + 60_000
-        yield* sql`UPDATE runs SET deadline_at = ${deadline} WHERE id = ${runId}`.pipe(Effect.orDie)
-        yield* liveOf(runId)
-        yield* FiberMap.run(fibers, runId, Effect.scoped(execute({ ...row, deadline_at: deadline, started_at: now })).pipe(
-          // cancel (or host shutdown) interrupts the fiber: the lease scope has released by then
-          Effect.onInterrupt(() => Effect.flatMap(outputFromLog(runId), (out) => finishRun(runId, "cancelled", out, "cancelled", null))),
-          Effect.catchAllCause((c) => Cause.isInterruptedOnly(c) ? Effect.void : finishRun(runId, "failed", null, `internal error: ${Cause.pretty(c).slice(0, 500)}`, null))
-        ))
-      })
+        yield* Effect.gen(function* () {
+          const deadline = now + (yield* Effect.orDie(agents.get(row.agent_id))).timeoutMs + 60_000
+          yield* sql`UPDATE runs SET deadline_at = ${deadline} WHERE id = ${runId}`.pipe(Effect.orDie)
+          yield* liveOf(runId)
+          // the forked fiber is interruptible (FiberMap forks with the default flags): cancel reaches it
+          yield* FiberMap.run(fibers, runId, Effect.scoped(execute({ ...row, deadline_at: deadline, started_at: now })).pipe(
+            // cancel (or host shutdown) interrupts the fiber: the lease scope has released by then
+            Effect.onInterrupt(() => Effect.flatMap(outputFromLog(runId), (out) => finishRun(runId, "cancelled", out, "cancelled", null))),
+            Effect.catchAllCause((c) => Cause.isInterruptedOnly(c) ? Effect.void : finishRun(runId, "failed", null, `internal error: ${Cause.pretty(c).slice(0, 500)}`, null))
+          ))
+        }).pipe(Effect.catchAllCause((c) =>
+          Cause.isInterruptedOnly(c)
+            // the fiber map is closed (host shutting down): back to the queue for the next host
+            ? Effect.zipRight(
+              sql`UPDATE runs SET status = 'queued', owner_instance_id = NULL, started_at = NULL WHERE id = ${runId} AND status = 'running'`.pipe(Effect.ignore),
+              Effect.sync(() => void live.delete(runId)))
+            : finishRun(runId, "failed", null, `internal error: ${Cause.pretty(c).slice(0, 500)}`, null)))
+      }))
 
     const insertRun = (companyId: string, agent: Agent, trigger: "manual" | "heartbeat", environmentId: string | null, extra: Record<string, string>, scheduledAt: number | null) =>
       Effect.gen(function* () {

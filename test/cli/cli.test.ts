@@ -22,7 +22,7 @@ interface Result {
   readonly pid: number
 }
 
-const gantry = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, o: { readonly timeoutMs?: number; readonly stdin?: string } = {}) =>
+const gantry = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, o: { readonly timeoutMs?: number; readonly stdin?: string; readonly sigintWhen?: string } = {}) =>
   new Promise<Result>((resolve, reject) => {
     const t0 = Date.now()
     // own process group: afterwards nothing may be left in it (plugin workers included)
@@ -32,9 +32,15 @@ const gantry = (args: ReadonlyArray<string>, env: Record<string, string | undefi
     const chunks: Array<{ at: number; text: string }> = []
     let stdout = ""
     let stderr = ""
+    let sentSigint = false
     child.stdout.on("data", (b: Buffer) => {
       stdout += b.toString()
       chunks.push({ at: Date.now() - t0, text: b.toString() })
+      // Ctrl-C as a terminal sends it, once the output shows the command is under way
+      if (o.sigintWhen !== undefined && stdout.includes(o.sigintWhen) && !sentSigint) {
+        sentSigint = true
+        child.kill("SIGINT")
+      }
     })
     child.stderr.on("data", (b: Buffer) => (stderr += b.toString()))
     child.stdin.end(o.stdin ?? "")
@@ -139,6 +145,18 @@ describe("gantry CLI against a live server", () => {
     expect(run3.stderr).toContain("about to fail")
     expect(run3.stderr).toMatch(/run \S+ failed \(exit code 3\)/)
 
+    // Ctrl-C while following: the run is cancelled on the server, its lease torn down, exit 130
+    const slow = await gantry(["agents", "create", companyId, "--name", "slow", "--command", "sh", "--arg", "-c",
+      "--arg", "echo under way; sleep 30; echo never", "--env-id", envId, "--json"], env)
+    expect(slow.code).toBe(0)
+    const interrupted = await gantry(["run", (JSON.parse(slow.stdout) as { id: string }).id], env, { sigintWhen: "under way" })
+    expect(interrupted.code, interrupted.stderr).toBe(130)
+    expect(interrupted.stdout).not.toContain("never")
+    const cancelledId = /cancelled run (\S+)/.exec(interrupted.stderr)?.[1]
+    expect(cancelledId).toBeDefined()
+    const after = await gantry(["runs", "get", cancelledId!, "--json"], env)
+    expect(JSON.parse(after.stdout)).toMatchObject({ id: cancelledId, status: "cancelled" })
+
     expect(badToken.code).not.toBe(0)
     expect(badToken.stdout).toBe("")
     expect(badToken.stderr).toContain("gantry: error: invalid or unknown bearer token (unauthorized, HTTP 401)")
@@ -146,8 +164,8 @@ describe("gantry CLI against a live server", () => {
     // --json output of list commands parses; the environment's leases are all terminal
     const leases = await gantry(["env", "leases", envId, "--json"], env)
     const rows = JSON.parse(leases.stdout) as Array<{ status: string }>
-    expect(rows.length).toBe(2)
-    expect(rows.every((l) => ["released", "failed"].includes(l.status))).toBe(true)
+    expect(rows.length).toBe(3)
+    expect(rows.every((l) => ["released", "failed", "expired"].includes(l.status))).toBe(true)
 
     const d = await demo
     expect(d.code, d.stderr).toBe(0)
