@@ -126,7 +126,7 @@ describe("bwrap-sandbox limits (real worker)", () => {
         yield* noneLeft(marker, workspaceRoot, id)
 
         const stubborn = uniqueMarker("stubborn")
-        const s = yield* sampled(call, cfg, id, "trap '' TERM; while :; do :; done", stubborn, 800)
+        const s = yield* sampled(call, cfg, id, "trap '' TERM; while :; do :; done", stubborn, 1_500)
         expect(s.r).toMatchObject({ exitCode: null, timedOut: true, signal: "SIGKILL" })
         yield* noneLeft(stubborn, workspaceRoot, id)
 

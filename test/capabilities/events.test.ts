@@ -163,8 +163,11 @@ for (const db of testDbs) {
           const ev = envelope("company.created", 1)
           yield* stores.events.emit(ev)
           yield* eventually(Effect.suspend(() => (handled(file).length === 1 ? Effect.void : Effect.fail("waiting"))))
-          const rows = yield* sql<{ status: string; attempts: number }>`SELECT d.status, d.attempts FROM event_deliveries d
-            JOIN events e ON e.seq = d.event_seq WHERE e.event_id = ${ev.eventId}`
+          // the handler logs before it acks: the row turns delivered a moment after the log line
+          const rows = yield* eventually(Effect.flatMap(
+            sql<{ status: string; attempts: number }>`SELECT d.status, d.attempts FROM event_deliveries d
+              JOIN events e ON e.seq = d.event_seq WHERE e.event_id = ${ev.eventId}`,
+            (rows) => rows[0]?.status === "delivered" ? Effect.succeed(rows) : Effect.fail("marking")))
           expect(rows.map((r) => [r.status, Number(r.attempts)])).toEqual([["delivered", 0]])
 
           // while the worker is down events queue; the restarted worker no longer subscribes to agent.created

@@ -115,7 +115,7 @@ describe("gantry CLI against a live server", () => {
     expect(secret.code).toBe(0)
     const secretId = idFrom(secret.stdout)
 
-    const script = "for i in 1 2 3; do echo step $i; sleep 0.4; done; echo key=${#KEY}"
+    const script = "for i in 1 2 3; do echo step $i; sleep 1; done; echo key=${#KEY}"
     const [ok, failing] = await Promise.all([
       gantry(["agents", "create", companyId, "--name", "ok", "--command", "sh", "--arg", "-c", "--arg", script,
         "--env-id", envId, "--timeout-ms", "30000", "--secret", `KEY=${secretId}`], env),
@@ -169,6 +169,7 @@ describe("gantry CLI against a live server", () => {
 
     const d = await demo
     expect(d.code, d.stderr).toBe(0)
+    console.info(`[cli] demo finished in ${d.ms} ms (alongside the commands above)`)
     expect(d.ms).toBeLessThan(30_000)
     expect(d.stdout).toContain("│ step 1 of 3")
     expect(d.stdout).toContain("│ step 3 of 3")

@@ -74,12 +74,14 @@ describe("reusable leases", () => {
         expect(yield* readInventory(inventoryFile)).toEqual([])
 
         // a sandbox that expired while parked: resume answers "gone", the run gets a fresh lease
-        yield* (yield* Environments).patch(ids.env, { config: { provider: "fake-sandbox/fake", inventoryFile, workspaceRoot: join(data, "ws"), reuseLease: true, expireAfterMs: 300 } })
+        yield* (yield* Environments).patch(ids.env, { config: { provider: "fake-sandbox/fake", inventoryFile, workspaceRoot: join(data, "ws"), reuseLease: true, expireAfterMs: 2000 } })
         yield* (yield* Agents).update(ids.agent, { args: ["-c", "true"] })
         const r5 = yield* runs.await((yield* runs.start(ids.company, ids.agent)).id)
         expect(r5.status).toBe("succeeded")
         // wait for the provider to drop the expired sandbox (reading the inventory prunes it)
         yield* eventually(Effect.filterOrFail(readInventory(inventoryFile), (l) => l.length === 0))
+        // (no expiry for the next one: its run must not race the clock on a loaded machine)
+        yield* (yield* Environments).patch(ids.env, { config: { provider: "fake-sandbox/fake", inventoryFile, workspaceRoot: join(data, "ws"), reuseLease: true } })
         const r6 = yield* runs.await((yield* runs.start(ids.company, ids.agent)).id)
         expect(r6.status).toBe("succeeded")
         expect(r6.leaseId).not.toBe(r5.leaseId)

@@ -61,11 +61,12 @@ for (const db of testDbs) {
       Effect.gen(function* () {
         const co = yield* (yield* Companies).create({ name: `co-${Math.random().toString(36).slice(2, 8)}` })
         const agent = yield* (yield* Agents).create(co.id, { name: "ticker", command: "true", heartbeat: { everySeconds: 1 } })
-        const { rows, maxActive, t0, t1 } = yield* observe(agent.id, 4_500)
+        const { rows, maxActive, t0, t1 } = yield* observe(agent.id, 5_500)
         const elapsed = t1 - t0
         expect(maxActive).toBeLessThanOrEqual(1)
-        // ticks ≈ elapsed seconds (the scheduler polls every 100 ms, so a tick may come a little late)
-        expect(rows.length).toBeGreaterThanOrEqual(Math.floor(elapsed / 1_000) - 1)
+        // ticks ≈ elapsed seconds (the scheduler polls every 100 ms, so a tick may come a little late,
+        // and on a loaded machine the lateness adds up over a few ticks)
+        expect(rows.length).toBeGreaterThanOrEqual(Math.floor(elapsed / 1_000) - 2)
         expect(rows.length).toBeLessThanOrEqual(Math.floor(elapsed / 1_000) + 1)
         expect(rows.length).toBeGreaterThanOrEqual(3)
         for (const r of rows) {
@@ -83,7 +84,7 @@ for (const db of testDbs) {
       Effect.gen(function* () {
         const co = yield* (yield* Companies).create({ name: `co-${Math.random().toString(36).slice(2, 8)}` })
         const agent = yield* (yield* Agents).create(co.id, { name: "slow", command: "sleep", args: ["2.2"], heartbeat: { everySeconds: 1 } })
-        const { rows, maxActive, t0, t1 } = yield* observe(agent.id, 5_000)
+        const { rows, maxActive, t0, t1 } = yield* observe(agent.id, 6_000)
         const ticks = Math.floor((t1 - t0) / 1_000)
         expect(maxActive).toBe(1)
         expect(rows.length).toBeGreaterThanOrEqual(2)

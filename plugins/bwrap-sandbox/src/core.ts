@@ -844,7 +844,9 @@ export const createBwrapSandbox = (sys: System = {}): BwrapSandbox => {
         if (inner) kill(-inner.pid, "SIGTERM")
         else kill(-pid, "SIGTERM")
         killTimer = setTimeout(() => {
-          sent = "SIGKILL"
+          // the signal reported is the one that ended it: an outer bwrap already gone went on SIGTERM
+          // (its output may still be draining), the group is still swept
+          if (child.exitCode === null && child.signalCode === null) sent = "SIGKILL"
           // pid 1 of the sandbox's pid namespace: the kernel kills every process in it
           if (inner) {
             kill(inner.pid, "SIGKILL")

@@ -652,7 +652,9 @@ export const createFakeSandbox = (defaults: Defaults = {}): FakeSandbox => {
         sent = "SIGTERM"
         killGroup(pid, "SIGTERM")
         killTimer = setTimeout(() => {
-          sent = "SIGKILL"
+          // the signal reported is the one that ended it: a command already gone went on SIGTERM
+          // (its output may still be draining), the group is still swept
+          if (child.exitCode === null && child.signalCode === null) sent = "SIGKILL"
           killGroup(pid, "SIGKILL")
         }, KILL_GRACE_MS)
       }

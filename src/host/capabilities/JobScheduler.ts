@@ -472,8 +472,12 @@ export const make = Effect.gen(function* () {
     const step = (run: RunRow): Effect.Effect<void> =>
       Effect.gen(function* () {
         current = run
-        const now = yield* Clock.currentTimeMillis
-        if (Number(run.due_at) > now) yield* Effect.sleep(Duration.millis(Number(run.due_at) - now))
+        // never before it is due (a timer may fire a millisecond early by the wall clock)
+        for (;;) {
+          const now = yield* Clock.currentTimeMillis
+          if (Number(run.due_at) <= now) break
+          yield* Effect.sleep(Duration.millis(Number(run.due_at) - now))
+        }
         const outcome = yield* execute(job, run)
         const next = yield* finish(job, run, outcome)
         if (Option.isSome(next)) yield* step(next.value)
