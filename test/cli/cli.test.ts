@@ -22,11 +22,12 @@ interface Result {
   readonly pid: number
 }
 
-const gantry = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, o: { readonly timeoutMs?: number; readonly stdin?: string; readonly sigintWhen?: string } = {}) =>
+const gantry = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, o: { readonly timeoutMs?: number; readonly stdin?: string; readonly sigintWhen?: string; readonly viaBin?: boolean } = {}) =>
   new Promise<Result>((resolve, reject) => {
     const t0 = Date.now()
     // own process group: afterwards nothing may be left in it (plugin workers included)
-    const child = spawn(process.execPath, ["--import", "tsx", join(root, "src/cli/main.ts"), ...args], {
+    const entry = o.viaBin ? [join(root, "bin/gantry.mjs")] : ["--import", "tsx", join(root, "src/cli/main.ts")]
+    const child = spawn(process.execPath, [...entry, ...args], {
       cwd: root, env: { ...process.env, NO_COLOR: "1", ...env }, stdio: ["pipe", "pipe", "pipe"], detached: true
     })
     const chunks: Array<{ at: number; text: string }> = []
@@ -36,10 +37,11 @@ const gantry = (args: ReadonlyArray<string>, env: Record<string, string | undefi
     child.stdout.on("data", (b: Buffer) => {
       stdout += b.toString()
       chunks.push({ at: Date.now() - t0, text: b.toString() })
-      // Ctrl-C as a terminal sends it, once the output shows the command is under way
+      // Ctrl-C as a terminal sends it (to the whole foreground process group), once the output
+      // shows the command is under way
       if (o.sigintWhen !== undefined && stdout.includes(o.sigintWhen) && !sentSigint) {
         sentSigint = true
-        child.kill("SIGINT")
+        process.kill(-child.pid!, "SIGINT")
       }
     })
     child.stderr.on("data", (b: Buffer) => (stderr += b.toString()))
@@ -145,11 +147,12 @@ describe("gantry CLI against a live server", () => {
     expect(run3.stderr).toContain("about to fail")
     expect(run3.stderr).toMatch(/run \S+ failed \(exit code 3\)/)
 
-    // Ctrl-C while following: the run is cancelled on the server, its lease torn down, exit 130
+    // Ctrl-C while following (through bin/gantry.mjs, the users' entry point): the run is cancelled
+    // on the server, its lease torn down, exit 130
     const slow = await gantry(["agents", "create", companyId, "--name", "slow", "--command", "sh", "--arg", "-c",
       "--arg", "echo under way; sleep 30; echo never", "--env-id", envId, "--json"], env)
     expect(slow.code).toBe(0)
-    const interrupted = await gantry(["run", (JSON.parse(slow.stdout) as { id: string }).id], env, { sigintWhen: "under way" })
+    const interrupted = await gantry(["run", (JSON.parse(slow.stdout) as { id: string }).id], env, { sigintWhen: "under way", viaBin: true })
     expect(interrupted.code, interrupted.stderr).toBe(130)
     expect(interrupted.stdout).not.toContain("never")
     const cancelledId = /cancelled run (\S+)/.exec(interrupted.stderr)?.[1]
