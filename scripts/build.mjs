@@ -1,7 +1,8 @@
 // Bundle every plugin worker (plugins/**/src/worker.ts, test/fixtures/**/src/worker.ts) into
 // <plugin>/dist/worker.js with esbuild: a bundled worker starts in ~1/3 of the time (notes/rpc-performance.md).
+// And the CLI into dist/cli/ (see below).
 import { build } from "esbuild"
-import { readdirSync, statSync, existsSync } from "node:fs"
+import { readdirSync, statSync, existsSync, rmSync } from "node:fs"
 import { join, dirname, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 
@@ -42,4 +43,21 @@ await Promise.all(found.map(({ entry, out }) =>
     banner: { js: "import { createRequire as __gantryCreateRequire } from 'node:module'; const require = __gantryCreateRequire(import.meta.url);" }
   })
 ))
-if (!process.argv.includes("--quiet")) console.error(`built ${found.length} worker bundles`)
+// The CLI, bundled for bin/gantry.mjs: loading one file instead of effect's hundreds of modules
+// through tsx makes a client command start in a fraction of the time. `serve` and `demo` stay on
+// tsx (bin/gantry.mjs routes them there); native and optional-native packages stay external.
+rmSync(join(root, "dist/cli"), { recursive: true, force: true })
+await build({
+  entryPoints: [join(root, "src/cli/main.ts")],
+  outdir: join(root, "dist/cli"),
+  bundle: true,
+  splitting: true,
+  platform: "node",
+  format: "esm",
+  target: "node20",
+  external: ["better-sqlite3", "pg", "pg-native", "tsx"],
+  logLevel: "warning",
+  legalComments: "none",
+  banner: { js: "import { createRequire as __gantryCreateRequire } from 'node:module'; const require = __gantryCreateRequire(import.meta.url);" }
+})
+if (!process.argv.includes("--quiet")) console.error(`built ${found.length} worker bundles and the CLI bundle`)

@@ -65,13 +65,13 @@ export const serve = (o: ServeOptions) =>
             `Next steps:`,
             `  export GANTRY_URL=${url} GANTRY_TOKEN=${token.value}`,
             `  curl -s -H "Authorization: Bearer $GANTRY_TOKEN" $GANTRY_URL/api/plugins`,
-            `  npx tsx src/cli/main.ts plugins list`,
+            `  node bin/gantry.mjs plugins list`,
             `  npm run demo`
           )
         } else {
           lines.push(``, `Next steps (the admin token was printed on the first start):`,
             `  export GANTRY_URL=${url} GANTRY_TOKEN=<your admin token>`,
-            `  npx tsx src/cli/main.ts plugins list`, `  npm run demo`)
+            `  node bin/gantry.mjs plugins list`, `  npm run demo`)
         }
         if (!o.quiet) yield* Console.log(lines.join("\n"))
       })

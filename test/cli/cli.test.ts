@@ -1,5 +1,5 @@
-// The `gantry` CLI as users run it: real child processes (`node --import tsx src/cli/main.ts …`, what
-// `npx tsx` and bin/gantry.mjs run) against a server started in this process on a free port.
+// The `gantry` CLI as users run it: real child processes of bin/gantry.mjs (the CLI bundle for client
+// commands, the TypeScript source for `demo`) against a server started in this process on a free port.
 import { HttpServer } from "@effect/platform"
 import { Context, Effect, Exit, Layer, Option, Scope } from "effect"
 import { spawn } from "node:child_process"
@@ -22,12 +22,11 @@ interface Result {
   readonly pid: number
 }
 
-const gantry = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, o: { readonly timeoutMs?: number; readonly stdin?: string; readonly sigintWhen?: string; readonly viaBin?: boolean } = {}) =>
+const gantry = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, o: { readonly timeoutMs?: number; readonly stdin?: string; readonly sigintWhen?: string } = {}) =>
   new Promise<Result>((resolve, reject) => {
     const t0 = Date.now()
     // own process group: afterwards nothing may be left in it (plugin workers included)
-    const entry = o.viaBin ? [join(root, "bin/gantry.mjs")] : ["--import", "tsx", join(root, "src/cli/main.ts")]
-    const child = spawn(process.execPath, [...entry, ...args], {
+    const child = spawn(process.execPath, [join(root, "bin/gantry.mjs"), ...args], {
       cwd: root, env: { ...process.env, NO_COLOR: "1", ...env }, stdio: ["pipe", "pipe", "pipe"], detached: true
     })
     const chunks: Array<{ at: number; text: string }> = []
@@ -94,6 +93,22 @@ describe("gantry CLI against a live server", () => {
     rmSync(dataDir, { recursive: true, force: true })
   }, 30_000)
 
+  it("bin/gantry.mjs runs the CLI bundle `npm test` built, the source for serve/demo or when src/ is newer", async () => {
+    const { entryFor, bundleFresh } = (await import(join(root, "bin/entry.mjs"))) as {
+      entryFor: (argv: ReadonlyArray<string>) => { kind: string; args: ReadonlyArray<string> }
+      bundleFresh: () => boolean
+    }
+    expect(bundleFresh(), "dist/cli is older than src/: run `npm run build` (npm test does)").toBe(true)
+    expect(entryFor(["companies", "list"]).kind).toBe("bundle")
+    expect(entryFor(["--json", "run", "x"]).kind).toBe("bundle")
+    expect(entryFor(["serve", "--port", "1"]).kind).toBe("source")
+    expect(entryFor(["demo"]).kind).toBe("source")
+    // the bundle runs (every command of the next test goes through it, demo through the source)
+    const viaBundle = await gantry(["--version"])
+    expect(viaBundle.code).toBe(0)
+    expect(viaBundle.stdout.trim()).toBe("0.1.0")
+  })
+
   it("creates a company, a sandbox environment and agents; `run` streams live and exits with the command's code; errors exit non-zero", async () => {
     // the demo runs alongside (its own instance), in its own TMPDIR so its temp dir can be checked
     const demoTmp = mkdtempSync(join(tmpdir(), "gantry-cli-demo-"))
@@ -147,12 +162,11 @@ describe("gantry CLI against a live server", () => {
     expect(run3.stderr).toContain("about to fail")
     expect(run3.stderr).toMatch(/run \S+ failed \(exit code 3\)/)
 
-    // Ctrl-C while following (through bin/gantry.mjs, the users' entry point): the run is cancelled
-    // on the server, its lease torn down, exit 130
+    // Ctrl-C while following: the run is cancelled on the server, its lease torn down, exit 130
     const slow = await gantry(["agents", "create", companyId, "--name", "slow", "--command", "sh", "--arg", "-c",
       "--arg", "echo under way; sleep 30; echo never", "--env-id", envId, "--json"], env)
     expect(slow.code).toBe(0)
-    const interrupted = await gantry(["run", (JSON.parse(slow.stdout) as { id: string }).id], env, { sigintWhen: "under way", viaBin: true })
+    const interrupted = await gantry(["run", (JSON.parse(slow.stdout) as { id: string }).id], env, { sigintWhen: "under way" })
     expect(interrupted.code, interrupted.stderr).toBe(130)
     expect(interrupted.stdout).not.toContain("never")
     const cancelledId = /cancelled run (\S+)/.exec(interrupted.stderr)?.[1]
