@@ -6,7 +6,7 @@ import { spawn } from "node:child_process"
 import { root, entryFor } from "./entry.mjs"
 
 const argv = process.argv.slice(2)
-const child = spawn(process.execPath, [...entryFor(argv).args, ...argv], { stdio: "inherit", cwd: process.cwd() })
+const child = spawn(process.execPath, [...entryFor(argv).args, ...argv], { stdio: "inherit" })
 // SIGINT: the child got it from the terminal too; passing it on would be a second Ctrl-C.
 process.on("SIGINT", () => {})
 // SIGTERM/SIGHUP sent to this process alone are passed on

@@ -29,35 +29,26 @@ const alias = {
   "gantry/protocol": join(root, "src/protocol/index.ts"),
   "gantry": join(root, "src/index.ts")
 }
-await Promise.all(found.map(({ entry, out }) =>
-  build({
-    entryPoints: [entry],
-    outfile: out,
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    alias,
-    logLevel: "warning",
-    legalComments: "none",
-    banner: { js: "import { createRequire as __gantryCreateRequire } from 'node:module'; const require = __gantryCreateRequire(import.meta.url);" }
-  })
-))
+// what every bundle here shares: Node ESM, with a `require` for the CommonJS packages inside
+const common = {
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  target: "node20",
+  logLevel: "warning",
+  legalComments: "none",
+  banner: { js: "import { createRequire as __gantryCreateRequire } from 'node:module'; const require = __gantryCreateRequire(import.meta.url);" }
+}
+await Promise.all(found.map(({ entry, out }) => build({ ...common, entryPoints: [entry], outfile: out, alias })))
 // The CLI, bundled for bin/gantry.mjs: loading one file instead of effect's hundreds of modules
 // through tsx makes a client command start in a fraction of the time. `serve` and `demo` stay on
 // tsx (bin/gantry.mjs routes them there); native and optional-native packages stay external.
 rmSync(join(root, "dist/cli"), { recursive: true, force: true })
 await build({
+  ...common,
   entryPoints: [join(root, "src/cli/main.ts")],
   outdir: join(root, "dist/cli"),
-  bundle: true,
   splitting: true,
-  platform: "node",
-  format: "esm",
-  target: "node20",
-  external: ["better-sqlite3", "pg", "pg-native", "tsx"],
-  logLevel: "warning",
-  legalComments: "none",
-  banner: { js: "import { createRequire as __gantryCreateRequire } from 'node:module'; const require = __gantryCreateRequire(import.meta.url);" }
+  external: ["better-sqlite3", "pg", "pg-native", "tsx"]
 })
 if (!process.argv.includes("--quiet")) console.error(`built ${found.length} worker bundles and the CLI bundle`)

@@ -316,6 +316,7 @@ export const make = (options: RunsOptions) =>
           WHERE id = ${runId} AND status = 'queued' RETURNING *`.pipe(Effect.orDie)
         if (claimed.length === 0) return
         const row = claimed[0]!
+        const internalError = (c: Cause.Cause<unknown>) => finishRun(runId, "failed", null, `internal error: ${Cause.pretty(c).slice(0, 500)}`, null)
         yield* Effect.gen(function* () {
           const deadline = now + (yield* Effect.orDie(agents.get(row.agent_id))).timeoutMs + 60_000
           yield* sql`UPDATE runs SET deadline_at = ${deadline} WHERE id = ${runId}`.pipe(Effect.orDie)
@@ -324,7 +325,7 @@ export const make = (options: RunsOptions) =>
           yield* FiberMap.run(fibers, runId, Effect.scoped(execute({ ...row, deadline_at: deadline, started_at: now })).pipe(
             // cancel (or host shutdown) interrupts the fiber: the lease scope has released by then
             Effect.onInterrupt(() => Effect.flatMap(outputFromLog(runId), (out) => finishRun(runId, "cancelled", out, "cancelled", null))),
-            Effect.catchAllCause((c) => Cause.isInterruptedOnly(c) ? Effect.void : finishRun(runId, "failed", null, `internal error: ${Cause.pretty(c).slice(0, 500)}`, null))
+            Effect.catchAllCause((c) => Cause.isInterruptedOnly(c) ? Effect.void : internalError(c))
           ))
         }).pipe(Effect.catchAllCause((c) =>
           Cause.isInterruptedOnly(c)
@@ -332,7 +333,7 @@ export const make = (options: RunsOptions) =>
             ? Effect.zipRight(
               sql`UPDATE runs SET status = 'queued', owner_instance_id = NULL, started_at = NULL WHERE id = ${runId} AND status = 'running'`.pipe(Effect.ignore),
               Effect.sync(() => void live.delete(runId)))
-            : finishRun(runId, "failed", null, `internal error: ${Cause.pretty(c).slice(0, 500)}`, null)))
+            : internalError(c)))
       }))
 
     const insertRun = (companyId: string, agent: Agent, trigger: "manual" | "heartbeat", environmentId: string | null, extra: Record<string, string>, scheduledAt: number | null) =>
