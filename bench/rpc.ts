@@ -1,6 +1,9 @@
-// RPC benchmark: Gantry (PluginHost + bundled Effect worker) vs Paperclip (bare NDJSON host + the
-// published SDK's worker, unbundled) vs raw Node on both sides, side by side in one run.
-// Prints one JSON line per variant and a last `rpc-ratio` line (gantry ÷ paperclip).
+// RPC benchmark, side by side in one run: Gantry's two plugin styles (`definePlugin`, `Plugin.make`),
+// Paperclip's published SDK worker bundled (esbuild, the same options as ours) and unbundled (as
+// Paperclip plugins ship), and raw Node; each worker driven by a bare NDJSON driver (neither side's
+// host) and by Gantry's PluginHost. Prints one `rpc` line per worker × driver, then one `rpc-ratio`
+// line per Gantry style against BUNDLED Paperclip under the bare driver, and one `rpc-ratio-host`
+// line per style under Gantry's host. See bench/README.md for the knobs (GANTRY_BENCH_RPC_*).
 import { Effect, ManagedRuntime } from "effect"
 import { spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
@@ -11,25 +14,62 @@ import { PluginHost } from "../src/host/PluginHost.js"
 import { hostLayer } from "../test/helpers.js"
 
 export const fixtures = resolve(import.meta.dirname, "fixtures")
-const GANTRY_FIXTURE = join(fixtures, "gantry-echo")
-const GANTRY_ID = "bench-echo"
 
-const COLD_STARTS = 5
-const RSS_SAMPLES = 3
+const envNumber = (name: string, fallback: number, min: number): number => {
+  const raw = process.env[name]
+  if (raw === undefined || raw === "") return fallback
+  const n = Number(raw)
+  if (!Number.isFinite(n) || n < min) throw new Error(`${name}=${raw}: expected a number ≥ ${min}`)
+  return n
+}
+const envList = <A extends string>(name: string, all: ReadonlyArray<A>): ReadonlyArray<A> => {
+  const raw = process.env[name]
+  if (raw === undefined || raw === "") return all
+  const wanted = raw.split(",").map((x) => x.trim()).filter(Boolean)
+  const unknown = wanted.filter((w) => !all.includes(w as A))
+  if (unknown.length > 0) throw new Error(`${name}: unknown ${unknown.join(", ")}; known: ${all.join(", ")}`)
+  return all.filter((a) => wanted.includes(a))
+}
+
+/** GANTRY_BENCH_RPC_SCALE multiplies every call count (0.1 for a quick look, 1 for the report). */
+const SCALE = envNumber("GANTRY_BENCH_RPC_SCALE", 1, 0.01)
+const COLD_STARTS = Math.round(envNumber("GANTRY_BENCH_RPC_COLD_STARTS", 5, 1))
+const RSS_SAMPLES = Math.min(COLD_STARTS, 3)
 const IDLE_MS = 1_000
-const RUNS = 3
+const RUNS = Math.round(envNumber("GANTRY_BENCH_RPC_RUNS", 3, 1))
 /** Slices per run of a figure, interleaved across variants (see `collect`). Slices of a few thousand
  * calls: with slices of a few hundred, per-slice wake-up costs of idle processes dominated and the
  * figures swung by ±40 % between runs. */
 const CHUNKS = 4
-const SEQ_CALLS = 20_000
 const INFLIGHT_WIDTH = 64
-const INFLIGHT_CALLS = INFLIGHT_WIDTH * 320
-const NESTED_CALLS = 8_000
+const calls = (n: number, unit: number) => Math.max(unit * CHUNKS, Math.round((n * SCALE) / (unit * CHUNKS)) * unit * CHUNKS)
+const SEQ_CALLS = calls(20_000, 1)
+const INFLIGHT_CALLS = calls(INFLIGHT_WIDTH * 320, INFLIGHT_WIDTH)
+const NESTED_CALLS = calls(8_000, 1)
 const PAYLOAD = { n: 42, text: "hello, bench" }
 
-export type VariantName = "gantry" | "paperclip" | "raw"
+/** The workers: the same echo plugin written five ways (bench/fixtures). */
+const WORKERS = ["definePlugin", "Plugin.make", "paperclip-bundled", "paperclip", "raw"] as const
+export type WorkerName = (typeof WORKERS)[number]
+const DRIVERS = ["bare", "host"] as const
+export type DriverName = (typeof DRIVERS)[number]
+export type VariantName = `${WorkerName}/${DriverName}`
 export type Key = "echo" | "nested"
+
+interface WorkerFixture {
+  readonly folder: string
+  /** worker file under `folder` */
+  readonly entry: string
+  readonly id: string
+}
+const paperclipManifest = join(fixtures, "paperclip-echo", "manifest.json")
+const workerFixtures: Record<WorkerName, WorkerFixture> = {
+  "definePlugin": { folder: join(fixtures, "gantry-echo-promise"), entry: "dist/worker.js", id: "bench-echo-promise" },
+  "Plugin.make": { folder: join(fixtures, "gantry-echo"), entry: "dist/worker.js", id: "bench-echo" },
+  "paperclip-bundled": { folder: join(fixtures, "paperclip-echo-bundled"), entry: "dist/worker.js", id: "bench-echo-paperclip-bundled" },
+  "paperclip": { folder: join(fixtures, "paperclip-echo"), entry: "worker.mjs", id: "bench-echo-paperclip" },
+  "raw": { folder: join(fixtures, "raw-echo"), entry: "worker.mjs", id: "bench-echo-raw" }
+}
 
 /** One running worker, driven by its host. Each measurement returns elapsed milliseconds. */
 export interface Driver {
@@ -83,6 +123,7 @@ export const bareVariant = (
   manifestFile: string,
   execArgv: ReadonlyArray<string> = []
 ): Variant => {
+  // every worker gets the identical initialize params (the Paperclip fixture's manifest)
   const manifest = JSON.parse(readFileSync(manifestFile, "utf8")) as unknown
   const live = new Set<Driver>()
   const start = () =>
@@ -185,9 +226,14 @@ export const bareVariant = (
 
 // ---- Gantry: the PluginHost service with a real child process ----
 
-export const gantryVariant = async (overrides: Parameters<typeof hostLayer>[0] = {}): Promise<Variant> => {
+export const hostVariant = async (
+  name: VariantName,
+  fixture: WorkerFixture,
+  overrides: Parameters<typeof hostLayer>[0] = {}
+): Promise<Variant> => {
+  const GANTRY_ID = fixture.id
   const runtime = ManagedRuntime.make(hostLayer(overrides))
-  await runtime.runPromise(Effect.flatMap(PluginHost, (host) => host.install(GANTRY_FIXTURE)))
+  await runtime.runPromise(Effect.flatMap(PluginHost, (host) => host.install(fixture.folder)))
 
   const lane = (calls: number, key: Key) =>
     Effect.gen(function* () {
@@ -213,7 +259,7 @@ export const gantryVariant = async (overrides: Parameters<typeof hostLayer>[0] =
     }
     return { driver, ms }
   }
-  return { name: "gantry", start, dispose: () => runtime.dispose() }
+  return { name, start, dispose: () => runtime.dispose() }
 }
 
 // ---- the benchmark ----
@@ -229,15 +275,21 @@ const collect = async (variants: ReadonlyArray<Variant>) => {
     for (const m of [cold, rss, seq, inflight, nested]) m.set(v.name, [])
   }
 
-  // cold start and idle RSS: a fresh worker each time; the last one stays up for the call figures
+  // cold start and idle RSS: a fresh worker each time, the variants' order rotating per round; the
+  // round's workers idle together before their RSS is read; the last round's stay up for the calls
   for (let k = 0; k < COLD_STARTS; k++) {
-    for (const v of variants) {
+    const round: Array<readonly [Variant, Driver]> = []
+    for (let i = 0; i < variants.length; i++) {
+      const v = variants[(i + k) % variants.length]!
       const { driver, ms } = await v.start()
       cold.get(v.name)!.push(ms)
-      if (k < RSS_SAMPLES) {
-        await sleep(IDLE_MS)
-        rss.get(v.name)!.push(rssMiB(driver.pid))
-      }
+      round.push([v, driver])
+    }
+    if (k < RSS_SAMPLES) {
+      await sleep(IDLE_MS)
+      for (const [v, driver] of round) rss.get(v.name)!.push(rssMiB(driver.pid))
+    }
+    for (const [v, driver] of round) {
       if (k < COLD_STARTS - 1) await driver.stop()
       else drivers.set(v.name, driver)
     }
@@ -285,35 +337,55 @@ const collect = async (variants: ReadonlyArray<Variant>) => {
   return out
 }
 
+const line = (bench: string, extra: Record<string, unknown>, f: Figures) => JSON.stringify({
+  bench,
+  ...extra,
+  coldStartMs: round(f.coldStartMs, 1),
+  idleRssMiB: round(f.idleRssMiB, 1),
+  seqCallsPerS: Math.round(f.seqCallsPerS),
+  inflightCallsPerS: Math.round(f.inflightCallsPerS),
+  nestedCallsPerS: Math.round(f.nestedCallsPerS)
+})
+/** Lower is better for cold start and RSS, higher for the call rates; the keys are the issue's. */
+const ratio = (bench: string, style: string, driver: DriverName, g: Figures, p: Figures) => JSON.stringify({
+  bench,
+  style,
+  against: "paperclip-bundled",
+  driver,
+  coldStart: round(g.coldStartMs / p.coldStartMs, 2),
+  idleRss: round(g.idleRssMiB / p.idleRssMiB, 2),
+  seq: round(g.seqCallsPerS / p.seqCallsPerS, 2),
+  inflight: round(g.inflightCallsPerS / p.inflightCallsPerS, 2),
+  nested: round(g.nestedCallsPerS / p.nestedCallsPerS, 2)
+})
+
 export const rpc = async (): Promise<void> => {
+  const workers = envList("GANTRY_BENCH_RPC_WORKERS", WORKERS)
+  const drivers = envList("GANTRY_BENCH_RPC_DRIVERS", DRIVERS)
+  console.error(`[bench rpc] workers ${workers.join(", ")}; drivers ${drivers.join(", ")}; ${SEQ_CALLS} seq / ${INFLIGHT_CALLS} in flight / ${NESTED_CALLS} nested calls × ${RUNS} runs; loadavg ${readFileSync("/proc/loadavg", "utf8").trim()}`)
   const variants: Array<Variant> = []
   try {
-    variants.push(await gantryVariant())
-    const manifest = join(fixtures, "paperclip-echo", "manifest.json")
-    variants.push(bareVariant("paperclip", join(fixtures, "paperclip-echo"), "worker.mjs", manifest))
-    variants.push(bareVariant("raw", join(fixtures, "raw-echo"), "worker.mjs", manifest))
+    for (const driver of drivers) {
+      for (const w of workers) {
+        const f = workerFixtures[w]
+        if (driver === "bare") variants.push(bareVariant(`${w}/bare`, f.folder, f.entry, paperclipManifest))
+        else if (w !== "raw") variants.push(await hostVariant(`${w}/host`, f)) // the raw worker speaks only the bench's subset
+      }
+    }
     const figures = await collect(variants)
     for (const [variant, f] of figures) {
-      console.log(JSON.stringify({
-        bench: "rpc",
-        variant,
-        coldStartMs: round(f.coldStartMs, 1),
-        idleRssMiB: round(f.idleRssMiB, 1),
-        seqCallsPerS: Math.round(f.seqCallsPerS),
-        inflightCallsPerS: Math.round(f.inflightCallsPerS),
-        nestedCallsPerS: Math.round(f.nestedCallsPerS)
-      }))
+      const [worker, driver] = variant.split("/")
+      console.log(line("rpc", { worker, driver, variant }, f))
     }
-    const g = figures.get("gantry")!
-    const p = figures.get("paperclip")!
-    console.log(JSON.stringify({
-      bench: "rpc-ratio",
-      coldStart: round(g.coldStartMs / p.coldStartMs, 2),
-      idleRss: round(g.idleRssMiB / p.idleRssMiB, 2),
-      seq: round(g.seqCallsPerS / p.seqCallsPerS, 2),
-      inflight: round(g.inflightCallsPerS / p.inflightCallsPerS, 2),
-      nested: round(g.nestedCallsPerS / p.nestedCallsPerS, 2)
-    }))
+    for (const driver of drivers) {
+      const p = figures.get(`paperclip-bundled/${driver}`)
+      if (!p) continue
+      for (const style of ["definePlugin", "Plugin.make"] as const) {
+        const g = figures.get(`${style}/${driver}`)
+        if (g) console.log(ratio(driver === "bare" ? "rpc-ratio" : "rpc-ratio-host", style, driver, g, p))
+      }
+    }
+    console.error(`[bench rpc] done; loadavg ${readFileSync("/proc/loadavg", "utf8").trim()}`)
   } finally {
     for (const v of variants) await v.dispose()
   }

@@ -40,6 +40,12 @@ const common = {
   banner: { js: "import { createRequire as __gantryCreateRequire } from 'node:module'; const require = __gantryCreateRequire(import.meta.url);" }
 }
 await Promise.all(found.map(({ entry, out }) => build({ ...common, entryPoints: [entry], outfile: out, alias })))
+// Paperclip's published SDK worker bundled the same way as ours, for the rpc benchmark's fair comparison
+await build({
+  ...common,
+  entryPoints: [join(root, "bench/fixtures/paperclip-echo/worker.mjs")],
+  outfile: join(root, "bench/fixtures/paperclip-echo-bundled/dist/worker.js")
+})
 // The CLI, bundled for bin/gantry.mjs: loading one file instead of effect's hundreds of modules
 // through tsx makes a client command start in a fraction of the time. `serve` and `demo` stay on
 // tsx (bin/gantry.mjs routes them there); native and optional-native packages stay external.
