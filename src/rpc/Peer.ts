@@ -35,7 +35,15 @@ export interface InboundContext {
 export interface Handler<R> {
   readonly decode?: (u: unknown) => Either.Either<any, InvalidParams>
   readonly handle: (params: any, ctx: InboundContext) => Effect.Effect<unknown, RpcError, R>
+  /** A plain-JS form of the handler (a Promise plugin's function), tried first: a result (a value or
+   * a Promise) is answered directly, without a fiber; `NoDirect` falls back to `handle`. A throw or
+   * rejection is turned into a wire error by the peer's `directError`. A cancelled direct request is
+   * answered at once as cancelled; its Promise's later outcome is dropped. */
+  readonly direct?: (params: any, ctx: InboundContext) => unknown
 }
+
+/** Returned by `Handler.direct` to use the Effect handler instead. */
+export const NoDirect: unique symbol = Symbol.for("gantry/rpc/NoDirect")
 
 export interface CallOptions {
   readonly timeoutMs?: number
@@ -56,10 +64,14 @@ export interface PeerOptions<R> {
   readonly maxMessageBytes?: number
   /** Message for pending calls failed by a closed stream (e.g. with the stderr tail). */
   readonly closedMessage?: () => string
+  /** The wire error for a throw or rejection of a `direct` handler (default: its message, -32002). */
+  readonly directError?: (e: unknown) => RpcError
 }
 
 export interface Peer {
   readonly call: (method: string, params: unknown, options?: CallOptions) => Effect.Effect<unknown, RpcError>
+  /** The same call for plain-JS callers (a Promise plugin's context): rejects with the RpcError. */
+  readonly callPromise: (method: string, params: unknown, options?: CallOptions) => Promise<unknown>
   readonly notify: (method: string, params: unknown, options?: CallOptions) => void
   /** Completes when the stream closes. */
   readonly awaitClosed: Effect.Effect<void>
@@ -70,7 +82,8 @@ export interface Peer {
 
 interface Pending {
   readonly method: string
-  readonly resume: (effect: Effect.Effect<unknown, RpcError>) => void
+  readonly succeed: (value: unknown) => void
+  readonly fail: (e: RpcError) => void
   timer: ReturnType<typeof setTimeout> | undefined
 }
 
@@ -104,6 +117,9 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
     const defaultTimeout = options.defaultTimeoutMs ?? 30_000
     const pending = new Map<RpcId, Pending>()
     const inbound = new Map<RpcId, Fiber.RuntimeFiber<unknown, unknown>>()
+    /** Requests being answered by a `direct` handler's Promise. */
+    const inboundDirect = new Map<RpcId, string>()
+    const directError = options.directError ?? ((e: unknown) => errorOfCause(Cause.die(e)))
     const closeWaiters: Array<() => void> = []
     let nextId = 1
     let open = true
@@ -156,11 +172,12 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
       const message = options.closedMessage?.() ?? `${options.name}: ${reason}`
       for (const [, p] of pending) {
         if (p.timer) clearTimeout(p.timer)
-        p.resume(Effect.fail(new WorkerUnavailable({ message })))
+        p.fail(new WorkerUnavailable({ message }))
       }
       pending.clear()
       for (const [, f] of inbound) runFork(Fiber.interrupt(f))
       inbound.clear()
+      inboundDirect.clear()
       for (const w of closeWaiters.splice(0)) w()
     }
 
@@ -175,6 +192,10 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
         if (f) {
           inbound.delete(target!)
           runFork(Fiber.interrupt(f))
+        } else if (target !== undefined && inboundDirect.has(target)) {
+          const cancelled = inboundDirect.get(target)!
+          inboundDirect.delete(target)
+          sendError(target, new RpcTimeout({ message: `request "${cancelled}" was cancelled` }))
         }
         return
       }
@@ -201,6 +222,34 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
         invocationId: (msg.paperclipInvocationId as string | undefined) ??
           (typeof p?.paperclipInvocationId === "string" ? p.paperclipInvocationId : undefined)
       }
+      if (handler.direct) {
+        let r: unknown
+        try {
+          r = handler.direct(params, ctx)
+        } catch (e) {
+          if (isRequest) sendError(id!, directError(e))
+          return
+        }
+        if (r !== NoDirect) {
+          const thenable = typeof r === "object" && r !== null && typeof (r as PromiseLike<unknown>).then === "function"
+          if (!isRequest) {
+            if (thenable) (r as PromiseLike<unknown>).then(undefined, () => {})
+          } else if (!thenable) {
+            respondValue(id!, r)
+          } else {
+            inboundDirect.set(id!, method)
+            ;(r as PromiseLike<unknown>).then(
+              (v) => {
+                if (inboundDirect.delete(id!)) respondValue(id!, v)
+              },
+              (e: unknown) => {
+                if (inboundDirect.delete(id!)) sendError(id!, directError(e))
+              }
+            )
+          }
+          return
+        }
+      }
       // run the handler synchronously as far as it goes: a handler that never waits (state in
       // memory, an echo) answers without a fiber hop; one that waits continues as a fiber in the set
       // (the hand-over is signalled with an exception: capturing its stack is most of its cost)
@@ -226,11 +275,15 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
       })
     }
 
+    const respondValue = (id: RpcId, value: unknown) => {
+      if (!open) return
+      const err = send({ jsonrpc: "2.0", id, result: value === undefined ? null : value })
+      if (err) sendError(id, err)
+    }
     const respond = (id: RpcId, method: string, exit: Exit.Exit<unknown, unknown>) => {
       if (!open) return
       if (Exit.isSuccess(exit)) {
-        const err = send({ jsonrpc: "2.0", id, result: exit.value === undefined ? null : exit.value })
-        if (err) sendError(id, err)
+        respondValue(id, exit.value)
       } else if (Cause.isInterruptedOnly(exit.cause)) {
         sendError(id, new RpcTimeout({ message: `request "${method}" was cancelled` }))
       } else {
@@ -263,8 +316,8 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
         }
         pending.delete(m.id as RpcId)
         if (entry.timer) clearTimeout(entry.timer)
-        if (m.error !== undefined && m.error !== null) entry.resume(Effect.fail(fromWire(m.error as WireError)))
-        else entry.resume(Effect.succeed(m.result))
+        if (m.error !== undefined && m.error !== null) entry.fail(fromWire(m.error as WireError))
+        else entry.succeed(m.result)
         return
       }
       options.onStray?.(`not a JSON-RPC message: ${preview(line)}`)
@@ -348,41 +401,54 @@ export const make = <R>(options: PeerOptions<R>): Effect.Effect<Peer, never, Sco
         send({ jsonrpc: "2.0", method: CANCEL_METHOD, params: { id } })
       }
     }
+    /** Register a pending call and send it; the outcome goes to `succeed`/`fail` exactly once. */
+    const start = (
+      method: string,
+      params: unknown,
+      o: CallOptions | undefined,
+      succeed: (value: unknown) => void,
+      fail: (e: RpcError) => void
+    ): RpcId | undefined => {
+      if (!open) {
+        fail(new WorkerUnavailable({ message: options.closedMessage?.() ?? `${options.name}: ${closeReason}` }))
+        return undefined
+      }
+      const id = nextId++
+      const entry: Pending = { method, succeed, fail, timer: undefined }
+      const ms = o?.timeoutMs ?? defaultTimeout
+      if (ms > 0 && Number.isFinite(ms)) {
+        entry.timer = setTimeout(() => {
+          if (pending.delete(id)) {
+            send({ jsonrpc: "2.0", method: CANCEL_METHOD, params: { id } })
+            fail(new RpcTimeout({ message: `${options.name}: call "${method}" timed out after ${ms} ms` }))
+          }
+        }, ms)
+      }
+      pending.set(id, entry)
+      const err = send(envelope({ jsonrpc: "2.0", id, method, params: params ?? {} }, o))
+      if (err) {
+        pending.delete(id)
+        if (entry.timer) clearTimeout(entry.timer)
+        fail(err)
+        return undefined
+      }
+      return id
+    }
+    // the canceller returned to `Effect.async` runs only when the calling fiber is interrupted:
+    // it sends `$/cancelRequest` and forgets the pending entry
     const call = (method: string, params: unknown, o?: CallOptions): Effect.Effect<unknown, RpcError> =>
-      Effect.suspend(() => {
-        const id = nextId++
-        const wait = Effect.async<unknown, RpcError>((resume) => {
-          if (!open) {
-            resume(Effect.fail(new WorkerUnavailable({ message: options.closedMessage?.() ?? `${options.name}: ${closeReason}` })))
-            return
-          }
-          const entry: Pending = { method, resume, timer: undefined }
-          const ms = o?.timeoutMs ?? defaultTimeout
-          if (ms > 0 && Number.isFinite(ms)) {
-            entry.timer = setTimeout(() => {
-              if (pending.delete(id)) {
-                send({ jsonrpc: "2.0", method: CANCEL_METHOD, params: { id } })
-                resume(Effect.fail(new RpcTimeout({ message: `${options.name}: call "${method}" timed out after ${ms} ms` })))
-              }
-            }, ms)
-          }
-          pending.set(id, entry)
-          const err = send(envelope({ jsonrpc: "2.0", id, method, params: params ?? {} }, o))
-          if (err) {
-            pending.delete(id)
-            if (entry.timer) clearTimeout(entry.timer)
-            resume(Effect.fail(err))
-          }
-        })
-        return Effect.uninterruptibleMask((restore) =>
-          Effect.catchAllCause(restore(wait), (cause) => {
-            if (Cause.isInterruptedOnly(cause)) cancel(id)
-            return Effect.failCause(cause)
-          }))
+      Effect.async<unknown, RpcError>((resume) => {
+        const id = start(method, params, o, (v) => resume(Effect.succeed(v)), (e) => resume(Effect.fail(e)))
+        return id === undefined ? undefined : Effect.sync(() => cancel(id))
+      })
+    const callPromise = (method: string, params: unknown, o?: CallOptions): Promise<unknown> =>
+      new Promise((resolve, reject) => {
+        start(method, params, o, resolve, reject)
       })
 
     const peer: Peer = {
       call,
+      callPromise,
       notify: (method, params, o) => {
         send(envelope({ jsonrpc: "2.0", method, params: params ?? {} }, o))
       },

@@ -20,6 +20,7 @@ import {
   type Capabilities,
   type StateKeyInput
 } from "./capabilities.js"
+import { DirectHandler, directOf, type DirectHandlerFn } from "./internal/direct.js"
 import { CurrentInvocation } from "./internal/invocation.js"
 import * as Plugin from "./Plugin.js"
 
@@ -110,12 +111,29 @@ const makeContext = (runtime: Runtime.Runtime<Capabilities>): PluginContext => {
   const config = ctxOf(Config), state = ctxOf(State), events = ctxOf(Events), jobs = ctxOf(Jobs)
   const secrets = ctxOf(Secrets), http = ctxOf(Http), data = ctxOf(Data), actions = ctxOf(Actions)
   const logger = ctxOf(Logger), provider = ctxOf(SandboxProvider), manifest = ctxOf(PluginManifest)
-  const log = (level: "info" | "warn" | "error" | "debug") => (message: string, meta?: unknown) => fire(logger.log(level, message, meta))
+  // the worker's remote services carry plain-JS forms of their calls (internal/direct.ts): one peer
+  // call per ctx call instead of a runtime run; other services (test layers) go through Effect
+  type Inv = InvocationContext | undefined
+  const dConfig = directOf<{ get(companyId: string | null | undefined, inv: Inv): Promise<Json> }>(config)
+  const dState = directOf<{
+    get(k: StateKeyInput, inv: Inv): Promise<unknown>
+    set(k: StateKeyInput, value: unknown, inv: Inv): Promise<void>
+    delete(k: StateKeyInput, inv: Inv): Promise<void>
+  }>(state)
+  const dEvents = directOf<{ emit(name: string, companyId: string, payload: unknown, inv: Inv): Promise<void> }>(events)
+  const dLogger = directOf<{ log(level: string, message: string, meta: unknown, inv: Inv): void }>(logger)
+  const log = (level: "info" | "warn" | "error" | "debug") => (message: string, meta?: unknown) =>
+    dLogger ? dLogger.log(level, message, meta, als.getStore()) : fire(logger.log(level, message, meta))
+  /** A data/action handler: the Effect form, and the Promise function itself for the worker's direct path. */
+  const handlerOf = (fn: (params: Json) => Promise<unknown> | unknown) => {
+    const direct: DirectHandlerFn = (p, inv) => (inv ? als.run(inv, fn, p) : fn(p))
+    return Object.assign((p: Json) => fromPromise(() => fn(p)), { [DirectHandler]: direct })
+  }
   return {
     get manifest() {
       return Runtime.runSync(runtime)(manifest.get)
     },
-    config: { get: (companyId) => run(config.get(companyId ?? null)) },
+    config: { get: (companyId) => (dConfig ? dConfig.get(companyId ?? null, als.getStore()) : run(config.get(companyId ?? null))) },
     events: {
       on(name: string, a: unknown, b?: unknown) {
         const fn = (typeof a === "function" ? a : b) as (e: M.EventEnvelope) => Promise<void> | void
@@ -128,14 +146,21 @@ const makeContext = (runtime: Runtime.Runtime<Capabilities>): PluginContext => {
           active = false
         }
       },
-      emit: (name, companyId, payload) => run(events.emit(name, companyId, payload))
+      emit: (name, companyId, payload) =>
+        dEvents ? dEvents.emit(name, companyId, payload, als.getStore()) : run(events.emit(name, companyId, payload))
     },
     jobs: { register: (key, fn) => Runtime.runSync(runtime)(jobs.register(key, (job) => Effect.asVoid(fromPromise(() => fn(job))))) },
-    state: {
-      get: (input) => run(state.get(input)),
-      set: (input, value) => run(state.set(input, value)),
-      delete: (input) => run(state.delete(input))
-    },
+    state: dState
+      ? {
+          get: (input) => dState.get(input, als.getStore()),
+          set: (input, value) => dState.set(input, value, als.getStore()),
+          delete: (input) => dState.delete(input, als.getStore())
+        }
+      : {
+          get: (input) => run(state.get(input)),
+          set: (input, value) => run(state.set(input, value)),
+          delete: (input) => run(state.delete(input))
+        },
     secrets: {
       resolve: (ref, o) => run(secrets.resolve(ref, { companyId: o?.companyId ?? null, configPath: o?.configPath ?? null }))
     },
@@ -145,8 +170,8 @@ const makeContext = (runtime: Runtime.Runtime<Capabilities>): PluginContext => {
           (r) => new Response(r.status === 204 || r.status === 304 ? null : r.body, { status: r.status, statusText: r.statusText, headers: r.headers })
         )
     },
-    data: { register: (key, fn) => Runtime.runSync(runtime)(data.register(key, (p) => fromPromise(() => fn(p)))) },
-    actions: { register: (key, fn) => Runtime.runSync(runtime)(actions.register(key, (p) => fromPromise(() => fn(p)))) },
+    data: { register: (key, fn) => Runtime.runSync(runtime)(data.register(key, handlerOf(fn))) },
+    actions: { register: (key, fn) => Runtime.runSync(runtime)(actions.register(key, handlerOf(fn))) },
     logger: { info: log("info"), warn: log("warn"), error: log("error"), debug: log("debug") },
     execution: {
       log: (stream, chunk) => {

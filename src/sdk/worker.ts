@@ -25,8 +25,10 @@ import {
   type EventHandler,
   type JobHandler,
   type LogLevel,
+  type StateKeyInput,
   type WebhookHandler
 } from "./capabilities.js"
+import { directHandlerOf, withDirect } from "./internal/direct.js"
 import { CurrentInvocation } from "./internal/invocation.js"
 import { supportedMethods, type Plugin } from "./Plugin.js"
 
@@ -76,22 +78,40 @@ export const serve = (plugin: Plugin, options: ServeOptions): Effect.Effect<void
     const notifyHost = (method: string, params: unknown) =>
       Effect.map(FiberRef.get(CurrentInvocation), (inv) => peer?.notify(method, params, inv ? { invocationId: inv.id } : undefined))
 
+    // the same calls as Promises for the definePlugin facade (internal/direct.ts)
+    type Inv = InvocationContext | undefined
+    const callDirect = (method: string, params: unknown, inv: Inv) => peer!.callPromise(method, params, inv ? { invocationId: inv.id } : undefined)
+    const toVoid = () => undefined
+    const logParams = (level: LogLevel, message: string, meta?: unknown) => (meta === undefined ? { level, message } : { level, message, meta })
+
     const context: Context.Context<Capabilities> = Context.empty().pipe(
-      Context.add(Config, Config.of({ get: (companyId) => callHost("config.get", companyId ? { companyId } : {}) as Effect.Effect<Record<string, unknown>, RpcError> })),
-      Context.add(Logger, Logger.of({ log: (level: LogLevel, message: string, meta?: unknown) => notifyHost("log", meta === undefined ? { level, message } : { level, message, meta }) })),
-      Context.add(State, State.of({
-        get: (k) => callHost("state.get", k),
-        set: (k, value) => Effect.asVoid(callHost("state.set", { ...k, value })),
-        delete: (k) => Effect.asVoid(callHost("state.delete", k))
-      })),
-      Context.add(Events, Events.of({
-        subscribe: (pattern, handler, filter) =>
+      Context.add(Config, Config.of(withDirect(
+        { get: (companyId?: string | null) => callHost("config.get", companyId ? { companyId } : {}) as Effect.Effect<Record<string, unknown>, RpcError> },
+        { get: (companyId: string | null | undefined, inv: Inv) => callDirect("config.get", companyId ? { companyId } : {}, inv) }
+      ))),
+      Context.add(Logger, Logger.of(withDirect(
+        { log: (level: LogLevel, message: string, meta?: unknown) => notifyHost("log", logParams(level, message, meta)) },
+        { log: (level: LogLevel, message: string, meta: unknown, inv: Inv) => peer?.notify("log", logParams(level, message, meta), inv ? { invocationId: inv.id } : undefined) }
+      ))),
+      Context.add(State, State.of(withDirect({
+        get: (k: StateKeyInput) => callHost("state.get", k),
+        set: (k: StateKeyInput, value: unknown) => Effect.asVoid(callHost("state.set", { ...k, value })),
+        delete: (k: StateKeyInput) => Effect.asVoid(callHost("state.delete", k))
+      }, {
+        get: (k: StateKeyInput, inv: Inv) => callDirect("state.get", k, inv),
+        set: (k: StateKeyInput, value: unknown, inv: Inv) => callDirect("state.set", { ...k, value }, inv).then(toVoid),
+        delete: (k: StateKeyInput, inv: Inv) => callDirect("state.delete", k, inv).then(toVoid)
+      }))),
+      Context.add(Events, Events.of(withDirect({
+        subscribe: (pattern: string, handler: EventHandler, filter?: M.EventFilter) =>
           Effect.suspend(() => {
             registry.events.push({ pattern, filter, handler })
             return Effect.asVoid(callHost("events.subscribe", { eventPattern: pattern, filter: filter ?? null }))
           }),
-        emit: (name, companyId, payload) => Effect.asVoid(callHost("events.emit", { name, companyId, payload }))
-      })),
+        emit: (name: string, companyId: string, payload: unknown) => Effect.asVoid(callHost("events.emit", { name, companyId, payload }))
+      }, {
+        emit: (name: string, companyId: string, payload: unknown, inv: Inv) => callDirect("events.emit", { name, companyId, payload }, inv).then(toVoid)
+      }))),
       Context.add(Jobs, Jobs.of({ register: (key, handler) => Effect.sync(() => void registry.jobs.set(key, handler)) })),
       Context.add(Secrets, Secrets.of({
         resolve: (secretRef, o) =>
@@ -118,6 +138,15 @@ export const serve = (plugin: Plugin, options: ServeOptions): Effect.Effect<void
         ? { handle: wrapped }
         : { decode: M.paramsDecoder(method, schema as never), handle: wrapped }
     }
+    /** A Promise plugin's data/action handler answers directly (no fiber); an Effect one via `handle`. */
+    const direct = (handlers: Map<string, DataHandler>, base: H): H => ({
+      ...base,
+      direct: (p: { key: string; params?: Record<string, unknown> | undefined; companyId?: string | null | undefined }, ctx: Peer.InboundContext) => {
+        const f = handlers.get(p.key)
+        const fn = f && directHandlerOf(f)
+        return fn ? fn(withCompany(p), ctx.invocation) : Peer.NoDirect
+      }
+    })
     const notImplemented = (method: string) => Effect.fail(new NotImplemented({ message: `${method} is not implemented by this plugin` }))
     const env = plugin.environment ?? {}
     const envHook = <P>(method: string, f: ((p: P) => Effect.Effect<unknown, unknown, Capabilities>) | undefined) =>
@@ -163,14 +192,14 @@ export const serve = (plugin: Plugin, options: ServeOptions): Effect.Effect<void
         return f ? Effect.as(hook(f(p)), null) : notImplemented("handleWebhook")
       }),
       handleApiRequest: h<M.ApiRequest>("handleApiRequest", (p) => (plugin.apiRequest ? hook(plugin.apiRequest(p)) : notImplemented("handleApiRequest"))),
-      getData: h<typeof M.GetDataParams.Type>("getData", (p) => {
+      getData: direct(registry.data, h<typeof M.GetDataParams.Type>("getData", (p) => {
         const f = registry.data.get(p.key)
         return f ? hook(f(withCompany(p))) : Effect.fail(new WorkerError({ message: `No data handler registered for key "${p.key}"` }))
-      }),
-      performAction: h<typeof M.PerformActionParams.Type>("performAction", (p) => {
+      })),
+      performAction: direct(registry.actions, h<typeof M.PerformActionParams.Type>("performAction", (p) => {
         const f = registry.actions.get(p.key)
         return f ? hook(f(withCompany(p))) : Effect.fail(new WorkerError({ message: `No action handler registered for key "${p.key}"` }))
-      }),
+      })),
       environmentValidateConfig: h("environmentValidateConfig", envHook("environmentValidateConfig", env.validateConfig)),
       environmentProbe: h("environmentProbe", envHook("environmentProbe", env.probe)),
       environmentAcquireLease: h("environmentAcquireLease", envHook("environmentAcquireLease", env.acquireLease)),
@@ -187,7 +216,8 @@ export const serve = (plugin: Plugin, options: ServeOptions): Effect.Effect<void
         input: options.input,
         output: options.output,
         handlers: (m) => handlers[m],
-        replyToParseErrors: true
+        replyToParseErrors: true,
+        directError: toWorkerError
       }),
       context
     )

@@ -553,4 +553,53 @@ describe("Peer", () => {
       expect(e).toBeInstanceOf(CapabilityDenied)
       expect(e.data).toEqual({ cap: "c" })
     }))
+  it.scopedLive("a direct (plain-JS) handler: values and Promises answer, throws and rejections map, NoDirect falls back, cancel answers at once", () =>
+    Effect.gen(function* () {
+      let release: (v: unknown) => void = () => {}
+      const directHandler = (r: unknown): Peer.Handler<never> => ({
+        handle: () => Effect.succeed("from the Effect handler"),
+        direct: () => r
+      })
+      const { a, aStray, bToA } = yield* pair({}, {
+        value: directHandler({ v: 1 }),
+        promise: directHandler(Promise.resolve({ v: 2 })),
+        undef: directHandler(Promise.resolve(undefined)),
+        fallback: directHandler(Peer.NoDirect),
+        threw: { handle: () => Effect.succeed(null), direct: () => { throw Object.assign(new Error("boom"), { code: -32004 }) } },
+        rejected: directHandler(Promise.reject(new Error("nope"))),
+        hang: { handle: () => Effect.succeed(null), direct: () => new Promise((r) => { release = r }) }
+      }, { directError: (e) => new WorkerError({ message: `mapped: ${e instanceof Error ? e.message : String(e)}` }) })
+      const answers = yield* lines(bToA)
+      expect(yield* a.call("value", {})).toEqual({ v: 1 })
+      expect(yield* a.call("promise", {})).toEqual({ v: 2 })
+      expect(yield* a.call("undef", {})).toBeNull()
+      expect(yield* a.call("fallback", {})).toBe("from the Effect handler")
+      const threw = failure(yield* Effect.exit(a.call("threw", {})))
+      expect([threw.code, threw.message]).toEqual([ErrorCodes.WorkerError, "mapped: boom"])
+      const rejected = failure(yield* Effect.exit(a.call("rejected", {})))
+      expect([rejected.code, rejected.message]).toEqual([ErrorCodes.WorkerError, "mapped: nope"])
+      // a cancelled direct request is answered "cancelled" at once (a no longer waits: one stray note);
+      // the Promise's later outcome is never sent
+      const call = yield* Effect.fork(a.call("hang", {}))
+      yield* Fiber.interrupt(call)
+      let answer: Wire | undefined
+      while (answer?.id !== 7) answer = yield* take(answers, "the answer to the cancelled request")
+      expect(answer).toEqual({ jsonrpc: "2.0", id: 7, error: { code: ErrorCodes.Timeout, message: 'request "hang" was cancelled' } })
+      release({ late: true })
+      expect(yield* a.call("value", {})).toEqual({ v: 1 })
+      expect(yield* take(aStray, "the cancelled answer")).toContain("call id 7 ignored")
+      expect(yield* Queue.size(aStray)).toBe(0)
+      expect(a.pendingCount()).toBe(0)
+      expect([...(yield* Queue.takeAll(answers))].filter((m) => m.id === 7)).toEqual([])
+    }))
+
+  it.scopedLive("callPromise: the call as a Promise, rejecting with the tagged error", () =>
+    Effect.gen(function* () {
+      const { a } = yield* pair({}, { echo, denied: { handle: () => Effect.fail(new CapabilityDenied({ message: "no" })) } })
+      expect(yield* Effect.promise(() => a.callPromise("echo", { n: 1 }))).toEqual({ echoed: { n: 1 } })
+      const e = yield* Effect.promise(() => a.callPromise("denied", {}).then(() => undefined, (x: unknown) => x))
+      expect(e).toBeInstanceOf(CapabilityDenied)
+      const missing = yield* Effect.promise(() => a.callPromise("nope", {}).then(() => undefined, (x: unknown) => x))
+      expect((missing as RpcError).code).toBe(ErrorCodes.MethodNotFound)
+    }))
 })
