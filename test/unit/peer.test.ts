@@ -556,6 +556,7 @@ describe("Peer", () => {
   it.scopedLive("a direct (plain-JS) handler: values and Promises answer, throws and rejections map, NoDirect falls back, cancel answers at once", () =>
     Effect.gen(function* () {
       let release: (v: unknown) => void = () => {}
+      const hangStarted = yield* Deferred.make<void>()
       const directHandler = (r: unknown): Peer.Handler<never> => ({
         handle: () => Effect.succeed("from the Effect handler"),
         direct: () => r
@@ -567,7 +568,13 @@ describe("Peer", () => {
         fallback: directHandler(Peer.NoDirect),
         threw: { handle: () => Effect.succeed(null), direct: () => { throw Object.assign(new Error("boom"), { code: -32004 }) } },
         rejected: directHandler(Promise.reject(new Error("nope"))),
-        hang: { handle: () => Effect.succeed(null), direct: () => new Promise((r) => { release = r }) }
+        hang: {
+          handle: () => Effect.succeed(null),
+          direct: () => {
+            Deferred.unsafeDone(hangStarted, Exit.void)
+            return new Promise((r) => { release = r })
+          }
+        }
       }, { directError: (e) => new WorkerError({ message: `mapped: ${e instanceof Error ? e.message : String(e)}` }) })
       const answers = yield* lines(bToA)
       expect(yield* a.call("value", {})).toEqual({ v: 1 })
@@ -581,6 +588,7 @@ describe("Peer", () => {
       // a cancelled direct request is answered "cancelled" at once (a no longer waits: one stray note);
       // the Promise's later outcome is never sent
       const call = yield* Effect.fork(a.call("hang", {}))
+      yield* awaitD(hangStarted, "the direct handler start")
       yield* Fiber.interrupt(call)
       let answer: Wire | undefined
       while (answer?.id !== 7) answer = yield* take(answers, "the answer to the cancelled request")
