@@ -86,12 +86,28 @@ export interface Variant {
   readonly dispose: () => Promise<void>
 }
 
+type Figure = "seq" | "inflight" | "nested"
 interface Figures {
   coldStartMs: number
   idleRssMiB: number
   seqCallsPerS: number
   inflightCallsPerS: number
   nestedCallsPerS: number
+  /** CPU time per call (user + system), of the worker process and of this process (the driver; for
+   * `host` variants, Gantry's host): on a loaded machine a steadier comparison than calls/s. */
+  workerCpuUs: Record<Figure, number>
+  driverCpuUs: Record<Figure, number>
+}
+
+/** CPU milliseconds used so far by process `pid` (utime + stime from /proc; USER_HZ = 100). */
+const cpuMs = (pid: number): number => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return (Number(f[11]) + Number(f[12])) * 10
+}
+const selfCpuMs = () => {
+  const u = process.cpuUsage()
+  return (u.user + u.system) / 1000
 }
 
 const median = (xs: ReadonlyArray<number>) => {
@@ -310,13 +326,24 @@ const collect = async (variants: ReadonlyArray<Variant>) => {
     [inflight, INFLIGHT_CALLS, (d) => d.inflight(INFLIGHT_CALLS / CHUNKS, INFLIGHT_WIDTH)],
     [nested, NESTED_CALLS, (d) => d.seq(NESTED_CALLS / CHUNKS, "nested")]
   ]
+  const names: ReadonlyArray<Figure> = ["seq", "inflight", "nested"]
+  const cpu = new Map<VariantName, Record<Figure, { worker: number; driver: number; calls: number }>>(
+    variants.map((v) => [v.name, { seq: { worker: 0, driver: 0, calls: 0 }, inflight: { worker: 0, driver: 0, calls: 0 }, nested: { worker: 0, driver: 0, calls: 0 } }])
+  )
   for (let r = 0; r < RUNS; r++) {
-    for (const [into, calls, measure] of figures) {
+    for (const [fi, [into, calls, measure]] of figures.entries()) {
       const ms = new Map<VariantName, number>(variants.map((v) => [v.name, 0]))
       for (let c = 0; c < CHUNKS; c++) {
         for (let i = 0; i < variants.length; i++) {
           const v = variants[(i + c + r) % variants.length]!
-          ms.set(v.name, ms.get(v.name)! + (await measure(drivers.get(v.name)!)))
+          const d = drivers.get(v.name)!
+          const w0 = cpuMs(d.pid)
+          const s0 = selfCpuMs()
+          ms.set(v.name, ms.get(v.name)! + (await measure(d)))
+          const acc = cpu.get(v.name)![names[fi]!]
+          acc.worker += cpuMs(d.pid) - w0
+          acc.driver += selfCpuMs() - s0
+          acc.calls += calls / CHUNKS
         }
       }
       for (const v of variants) into.get(v.name)!.push(calls / (ms.get(v.name)! / 1000))
@@ -324,6 +351,8 @@ const collect = async (variants: ReadonlyArray<Variant>) => {
   }
   for (const v of variants) await drivers.get(v.name)!.stop()
 
+  const perCall = (c: Record<Figure, { worker: number; driver: number; calls: number }>, who: "worker" | "driver") =>
+    Object.fromEntries(names.map((n) => [n, round((c[n][who] * 1000) / c[n].calls, 1)])) as Record<Figure, number>
   const out = new Map<VariantName, Figures>()
   for (const v of variants) {
     out.set(v.name, {
@@ -331,7 +360,9 @@ const collect = async (variants: ReadonlyArray<Variant>) => {
       idleRssMiB: median(rss.get(v.name)!),
       seqCallsPerS: median(seq.get(v.name)!),
       inflightCallsPerS: median(inflight.get(v.name)!),
-      nestedCallsPerS: median(nested.get(v.name)!)
+      nestedCallsPerS: median(nested.get(v.name)!),
+      workerCpuUs: perCall(cpu.get(v.name)!, "worker"),
+      driverCpuUs: perCall(cpu.get(v.name)!, "driver")
     })
   }
   return out
@@ -344,7 +375,9 @@ const line = (bench: string, extra: Record<string, unknown>, f: Figures) => JSON
   idleRssMiB: round(f.idleRssMiB, 1),
   seqCallsPerS: Math.round(f.seqCallsPerS),
   inflightCallsPerS: Math.round(f.inflightCallsPerS),
-  nestedCallsPerS: Math.round(f.nestedCallsPerS)
+  nestedCallsPerS: Math.round(f.nestedCallsPerS),
+  workerCpuUsPerCall: f.workerCpuUs,
+  driverCpuUsPerCall: f.driverCpuUs
 })
 /** Lower is better for cold start and RSS, higher for the call rates; the keys are the issue's. */
 const ratio = (bench: string, style: string, driver: DriverName, g: Figures, p: Figures) => JSON.stringify({
@@ -356,7 +389,13 @@ const ratio = (bench: string, style: string, driver: DriverName, g: Figures, p: 
   idleRss: round(g.idleRssMiB / p.idleRssMiB, 2),
   seq: round(g.seqCallsPerS / p.seqCallsPerS, 2),
   inflight: round(g.inflightCallsPerS / p.inflightCallsPerS, 2),
-  nested: round(g.nestedCallsPerS / p.nestedCallsPerS, 2)
+  nested: round(g.nestedCallsPerS / p.nestedCallsPerS, 2),
+  // worker CPU per call, Gantry ÷ Paperclip (lower is better; steadier than calls/s under load)
+  workerCpu: {
+    seq: round(g.workerCpuUs.seq / p.workerCpuUs.seq, 2),
+    inflight: round(g.workerCpuUs.inflight / p.workerCpuUs.inflight, 2),
+    nested: round(g.workerCpuUs.nested / p.workerCpuUs.nested, 2)
+  }
 })
 
 export const rpc = async (): Promise<void> => {
