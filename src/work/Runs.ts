@@ -19,6 +19,7 @@ import { Leases } from "../environments/Leases.js"
 import { Providers } from "../environments/Provider.js"
 import { RunTokens } from "../environments/RunToken.js"
 import { RuntimeUrl } from "../environments/RuntimeUrl.js"
+import { DataDir, defaultWorkspacesDir, isInside } from "../store/DataDir.js"
 import { Agents, nextHeartbeat, type Agent, type EnvValue } from "./Agents.js"
 
 export type RunStatus = "queued" | "running" | "succeeded" | "failed" | "cancelled" | "timed_out"
@@ -119,7 +120,7 @@ export class Runs extends Context.Tag("gantry/Runs")<Runs, {
 }>() {}
 
 export interface RunsOptions {
-  /** Where local workspaces live: `<dataDir>/workspaces/<agentId>`. */
+  /** The data dir; local workspaces live outside it (`DataDir.workspacesDir`, default `<dataDir>-workspaces/<agentId>`). */
   readonly dataDir: string
   readonly pollIntervalMs: number
   readonly heartbeatIntervalMs: number
@@ -148,6 +149,9 @@ export const make = (options: RunsOptions) =>
     const tokens = yield* RunTokens
     const runtimeUrl = yield* RuntimeUrl
     const secrets = yield* Effect.serviceOption(RunSecrets)
+    const dataDirInfo = yield* Effect.serviceOption(DataDir)
+    const dataDirPath = Option.match(dataDirInfo, { onNone: () => resolve(options.dataDir), onSome: (d) => d.path })
+    const workspacesDir = Option.match(dataDirInfo, { onNone: () => defaultWorkspacesDir(options.dataDir), onSome: (d) => d.workspacesDir })
     const fibers = yield* FiberMap.make<string>()
     // held: per source+stream, the end of the output that may begin a secret (redaction across chunks)
     const live = new Map<string, { pubsub: PubSub.PubSub<RunOutput>; seq: number; bytes: number; held: Map<string, string> }>()
@@ -289,8 +293,10 @@ export const make = (options: RunsOptions) =>
           let target: ExecTarget
           let envVars: Record<string, string>
           if (env.driver === "local") {
-            const cwd = typeof env.config.workspacePath === "string" ? resolve(env.config.workspacePath) : join(resolve(options.dataDir), "workspaces", agent.id)
-            mkdirSync(cwd, { recursive: true })
+            const cwd = typeof env.config.workspacePath === "string" ? resolve(env.config.workspacePath) : join(workspacesDir, agent.id)
+            // a local command runs as the host's user: its workspace must not reach the database or keys
+            if (isInside(cwd, dataDirPath)) return yield* Effect.fail(`local workspace ${cwd} is inside the data dir ${dataDirPath}; choose a workspace outside it`)
+            mkdirSync(cwd, { recursive: true, mode: 0o700 })
             target = { _tag: "local", cwd }
             envVars = (env.config.env as Record<string, string> | undefined) ?? {}
           } else {
