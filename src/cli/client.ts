@@ -278,6 +278,7 @@ const pluginDetails = (p: typeof Plugin.Type) =>
     ["plugin", `${p.pluginId} ${p.version} (${p.displayName})`],
     ["status", `${p.status}, worker ${p.workerStatus}${p.pid ? ` (pid ${p.pid})` : ""}, mode ${p.mode}`],
     ["restarts", `${p.restarts} (crashes in window: ${p.crashesInWindow})`],
+    ["isolation", p.isolation === "unsandboxed" ? "unsandboxed (WARNING: the worker has the host's files and network)" : p.isolation ?? "-"],
     ["health", p.health === null ? "-" : JSON.stringify(p.health)],
     ["last error", p.lastError ?? "-"],
     ["capabilities", p.capabilities.join(", ") || "-"],

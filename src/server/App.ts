@@ -42,7 +42,12 @@ export interface AppOptions {
 export const layer = <RU = never>(o: AppOptions, runtimeUrlLayer?: Layer.Layer<RuntimeUrl.RuntimeUrl, never, RU>) => {
   // the data dir is checked (and created 0700) before anything opens a file in it
   const database = Database.layer({ url: o.databaseUrl, dataDir: o.dataDir }).pipe(Layer.provideMerge(DataDir.layer(o.dataDir, o.workspacesDir)))
-  const base = Layer.mergeAll(HostOptions.layerConfigWith(o.host ?? {}), Redactor.layer, NodeContext.layer)
+  // sandboxed workers never see the data dir or the local workspaces, wherever those are
+  const hostOptions = Layer.effect(HostOptions, Effect.zipWith(HostOptions, DataDir.DataDir, (h, d) => ({
+    ...h,
+    workerIsolation: { ...h.workerIsolation, hidden: [...h.workerIsolation.hidden, d.path, d.workspacesDir] }
+  }))).pipe(Layer.provide(HostOptions.layerConfigWith(o.host ?? {})))
+  const base = Layer.mergeAll(hostOptions, Redactor.layer, NodeContext.layer)
   // one SecretStore: the capability backend (plugins' secrets.resolve) and the API/runs share it
   const stores = Layer.mergeAll(Capabilities.layerSql, PluginRecords.layerSql, Instance.layer).pipe(
     // GANTRY_SECRETS_KEY when set (replicas must share one key), else the key file in the data dir
