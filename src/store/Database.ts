@@ -56,12 +56,13 @@ const pgLayer = (url: string) =>
 export const layer = (options: DatabaseOptions = {}) => {
   const base = isPg(options.url)
     ? pgLayer(options.url!)
-    : (() => {
+    : Layer.unwrapEffect(Effect.sync(() => {
         const file = options.url && options.url !== "" ? resolve(options.url.replace(/^sqlite:(\/\/)?/, "")) : join(resolve(options.dataDir ?? ".gantry"), "gantry.db")
-        // 0600 from the start: SQLite gives its -wal and -shm files the database file's mode
+        // 0600 from the start (and only once the layer is built, after the data dir check): SQLite
+        // gives its -wal and -shm files the database file's mode
         ensurePrivateFile(file)
         return sqliteLayer(file)
-      })()
+      }))
   return Layer.effectDiscard(Effect.flatMap(Database, (db) => migrate(db.dialect))).pipe(Layer.provideMerge(base))
 }
 
