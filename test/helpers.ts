@@ -4,11 +4,18 @@ import { readdirSync, readFileSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { HostOptions, type HostOptionsShape } from "../src/host/HostOptions.js"
 import * as PluginHost from "../src/host/PluginHost.js"
+import { defaultIsolation } from "../src/host/WorkerSandbox.js"
 import * as Stores from "../src/host/Stores.js"
 
 export const root = resolve(import.meta.dirname, "..")
 export const examples = (name: string) => join(root, "plugins", "examples", name)
 export const fixture = (name: string) => join(root, "test", "fixtures", name)
+
+/** Host options that trust these fixtures (no worker sandbox): fixtures that write host files or
+ * import files outside their own package directory. */
+export const trusting = (...pluginIds: ReadonlyArray<string>): Partial<HostOptionsShape> => ({
+  workerIsolation: { ...defaultIsolation, trusted: [...defaultIsolation.trusted, ...pluginIds] }
+})
 
 export const hostLayer = (overrides: Partial<HostOptionsShape> = {}) =>
   PluginHost.layer.pipe(Layer.provideMerge(Layer.merge(HostOptions.layer(overrides), Stores.layerMemory)))

@@ -141,6 +141,8 @@ export const followRun = <E, R>(runId: string, onChunk: (c: { readonly stream: s
               catch: () => new TransportError({ url: client.baseUrl, message: `unreadable ${ev.event} event: ${ev.data.slice(0, 200)}` })
             })
             if (ev.event === "end") return yield* decode(Run)(data)
+            // the server's stream failed: reconnect after the last event seen
+            if (ev.event === "error") return yield* new TransportError({ url: client.baseUrl, message: `the output stream of run ${runId} failed: ${ev.data.slice(0, 200)}` })
             yield* onChunk({ stream: ev.event, chunk: String((data as { chunk?: unknown }).chunk ?? "") })
             if (ev.id !== undefined) state.last = ev.id
             return end
@@ -276,6 +278,7 @@ const pluginDetails = (p: typeof Plugin.Type) =>
     ["plugin", `${p.pluginId} ${p.version} (${p.displayName})`],
     ["status", `${p.status}, worker ${p.workerStatus}${p.pid ? ` (pid ${p.pid})` : ""}, mode ${p.mode}`],
     ["restarts", `${p.restarts} (crashes in window: ${p.crashesInWindow})`],
+    ["isolation", p.isolation === "unsandboxed" ? "unsandboxed (WARNING: the worker has the host's files and network)" : p.isolation ?? "-"],
     ["health", p.health === null ? "-" : JSON.stringify(p.health)],
     ["last error", p.lastError ?? "-"],
     ["capabilities", p.capabilities.join(", ") || "-"],
@@ -481,18 +484,33 @@ const followAndFinish = (runId: string, json: boolean) =>
 
 /**
  * Ctrl-C while following a run cancels it (the lease scope on the server does the rest) and exits
- * with 130, the shell's code for "ended by SIGINT".
+ * with 130, the shell's code for "ended by SIGINT". The cancel answers the run as it ended: one that
+ * finished first is reported as such and exits with its own code; a cancel that could not be
+ * confirmed says so.
  */
 const cancelOnInterrupt = (runId: string) => <A, E, R>(self: Effect.Effect<A, E, R>) =>
   Effect.onInterrupt(self, () =>
     Effect.zipRight(
       setExitCode(130),
       withClient((c) => c.post(path("/api/runs", runId, "cancel"))).pipe(
-        Effect.zipRight(write("stderr", `\ncancelled run ${runId}\n`)),
-        Effect.timeout("5 seconds"),
+        Effect.flatMap(decode(Run)),
+        Effect.timeout("10 seconds"),
+        Effect.matchEffect({
+          onFailure: (e) =>
+            write("stderr", `\ncancel of run ${runId} not confirmed (${describeCancelError(e)}); see \`gantry runs get ${runId}\`\n`),
+          onSuccess: (run) =>
+            run.status === "cancelled"
+              ? write("stderr", `\ncancelled run ${runId}\n`)
+              : Effect.zipRight(
+                write("stderr", `\nrun ${runId} was not cancelled: it had already ended ${run.status} (${run.exitCode !== null ? `exit code ${run.exitCode}` : run.error ?? "no exit code"})\n`),
+                setExitCode(exitCodeOf(run)))
+        }),
         Effect.ignore
       )
     ))
+
+const describeCancelError = (e: unknown): string =>
+  (e as { _tag?: string })?._tag === "TimeoutException" ? "no answer within 10 s" : describeError(e as ClientError)
 
 const runCommand = leaf("run", "Start a run of an agent, stream its output, exit with the command's exit code", {
   agentId,

@@ -146,7 +146,10 @@ export const make = Effect.gen(function* () {
         eventId: randomUUID(), eventType, occurredAt: new Date(now).toISOString(), entityId: env.id,
         entityType: "environment", actorType: "system", companyId: env.companyId,
         payload: { environmentId: env.id, name: env.name, driver: env.driver, status: env.status }
-      })).pipe(Effect.ignore)
+      })).pipe(Effect.orDie)
+  /** A change and its event commit together (outbox, SPEC §16); a database failure is a defect. */
+  const withEvent = <A, E, R>(change: Effect.Effect<A, E, R>) =>
+    Effect.catchAll(sql.withTransaction(change), (e) => (e as { _tag?: string })._tag === "SqlError" ? Effect.die(e) : Effect.fail(e as E))
 
   const get = (id: string) =>
     sql<Row>`SELECT * FROM environments WHERE id = ${id}`.pipe(
@@ -224,13 +227,15 @@ export const make = Effect.gen(function* () {
       if (dup.length > 0) return yield* new EnvironmentConflict({ message: `an environment named "${name}" already exists in this company` })
       const now = yield* Clock.currentTimeMillis
       const id = randomUUID()
-      yield* sql`INSERT INTO environments (id, company_id, name, description, driver, status, config, created_at, updated_at)
-        VALUES (${id}, ${companyId}, ${name}, ${description}, ${driver}, 'active', ${JSON.stringify(config)}, ${now}, ${now})`.pipe(
-        Effect.mapError(() => new EnvironmentConflict({ message: `an environment named "${name}" already exists in this company` }))
-      )
-      const env = yield* Effect.orDie(get(id))
-      yield* emit("environment.created", env)
-      return env
+      return yield* withEvent(Effect.gen(function* () {
+        yield* sql`INSERT INTO environments (id, company_id, name, description, driver, status, config, created_at, updated_at)
+          VALUES (${id}, ${companyId}, ${name}, ${description}, ${driver}, 'active', ${JSON.stringify(config)}, ${now}, ${now})`.pipe(
+          Effect.mapError(() => new EnvironmentConflict({ message: `an environment named "${name}" already exists in this company` }))
+        )
+        const env = yield* Effect.orDie(get(id))
+        yield* emit("environment.created", env)
+        return env
+      }))
     })
 
   const local = (companyId: string) =>
@@ -308,20 +313,24 @@ export const make = Effect.gen(function* () {
       }
       const now = yield* Clock.currentTimeMillis
       const description = input.description === undefined ? env.description : input.description
-      yield* sql`UPDATE environments SET name = ${name}, description = ${description}, config = ${JSON.stringify(config)}, updated_at = ${now}
-        WHERE id = ${id}`.pipe(Effect.orDie)
-      const updated = yield* Effect.orDie(get(id))
-      yield* emit("environment.updated", updated)
-      return updated
+      return yield* withEvent(Effect.gen(function* () {
+        yield* sql`UPDATE environments SET name = ${name}, description = ${description}, config = ${JSON.stringify(config)}, updated_at = ${now}
+          WHERE id = ${id}`.pipe(Effect.orDie)
+        const updated = yield* Effect.orDie(get(id))
+        yield* emit("environment.updated", updated)
+        return updated
+      }))
     }),
     archive: (id) =>
       Effect.gen(function* () {
         yield* get(id)
         const now = yield* Clock.currentTimeMillis
-        yield* sql`UPDATE environments SET status = 'archived', updated_at = ${now} WHERE id = ${id}`.pipe(Effect.orDie)
-        const env = yield* Effect.orDie(get(id))
-        yield* emit("environment.updated", env)
-        return env
+        return yield* withEvent(Effect.gen(function* () {
+          yield* sql`UPDATE environments SET status = 'archived', updated_at = ${now} WHERE id = ${id}`.pipe(Effect.orDie)
+          const env = yield* Effect.orDie(get(id))
+          yield* emit("environment.updated", env)
+          return env
+        }))
       }),
     remove: (id) =>
       Effect.gen(function* () {

@@ -2,7 +2,7 @@
 // acquire/resume/release/destroy. Write-ahead row before the provider is asked; release by the
 // scope's Exit; a finalizer that never fails (a failed provider call → `pending_cleanup`); a sweeper
 // that retries cleanup, reaps leases of dead hosts and past their deadline, and runs at start-up.
-import { SqlClient } from "@effect/sql"
+import { SqlClient, type SqlError } from "@effect/sql"
 import { Clock, Config, Context, Duration, Effect, Exit, Cause, Layer, Option, Schedule, Schema, type Scope } from "effect"
 import { createHash, randomUUID } from "node:crypto"
 import type { RpcError } from "../protocol/errors.js"
@@ -11,6 +11,9 @@ import { Redactor } from "../host/capabilities/Redactor.js"
 import { Instance } from "../host/Instance.js"
 import { CapabilityStores } from "../host/Stores.js"
 import { Providers, type ProviderInfo } from "./Provider.js"
+
+/** A lease change and its event that hit a database error are retried together. */
+const dbRetry = Schedule.exponential(Duration.millis(50)).pipe(Schedule.intersect(Schedule.recurs(6)))
 
 export type LeaseStatus = "acquiring" | "active" | "released" | "failed" | "expired" | "pending_cleanup"
 export const TERMINAL: ReadonlyArray<LeaseStatus> = ["released", "failed", "expired"]
@@ -172,7 +175,16 @@ export const make = (options: LeasesOptions) =>
           payload: { leaseId: r.id, environmentId: r.environmentId, runId: r.runId, provider: r.provider, status: r.status }
         }
         yield* stores.events.emit(event)
-      }).pipe(Effect.catchAllCause((c) => Effect.logWarning("lease event not emitted", c)))
+      })
+
+    /** A change and its lease event in one transaction (outbox, SPEC §16); a database error retries both. */
+    const withEvent = <A>(change: Effect.Effect<A, SqlError.SqlError>, event: (a: A) => readonly [string, Parameters<typeof emit>[1]] | null) =>
+      sql.withTransaction(Effect.gen(function* () {
+        const a = yield* change
+        const e = event(a)
+        if (e) yield* emit(e[0], e[1])
+        return a
+      })).pipe(Effect.retry(dbRetry), Effect.orDie)
 
     const base = (companyId: string, environmentId: string, driverKey: string, config: Record<string, unknown>) =>
       ({ driverKey, companyId, environmentId, config })
@@ -180,10 +192,15 @@ export const make = (options: LeasesOptions) =>
     const timeoutOf = (p: LeasePolicy) => p.timeoutMs + 30_000
 
     /** Conditional status change: only from `from` (a lease another actor already finished is left alone). */
-    const finish = (id: string, status: LeaseStatus, reason: string | null, from: ReadonlyArray<LeaseStatus>) =>
+    const finishRaw = (id: string, status: LeaseStatus, reason: string | null, from: ReadonlyArray<LeaseStatus>) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
         sql<{ id: string }>`UPDATE leases SET status = ${status}, released_at = ${now}, failure_reason = COALESCE(${reason}, failure_reason),
-          sweeper_until = 0 WHERE id = ${id} AND status IN ${sql.in(from)} RETURNING id`).pipe(Effect.map((rows) => rows.length > 0), Effect.orDie)
+          sweeper_until = 0 WHERE id = ${id} AND status IN ${sql.in(from)} RETURNING id`).pipe(Effect.map((rows) => rows.length > 0))
+    const finish = (id: string, status: LeaseStatus, reason: string | null, from: ReadonlyArray<LeaseStatus>) =>
+      Effect.orDie(finishRaw(id, status, reason, from))
+    /** Finish and, when this call made the change, write `environment.lease.released` with it. */
+    const finishReleased = (id: string, status: LeaseStatus, reason: string | null, from: ReadonlyArray<LeaseStatus>, record: Parameters<typeof emit>[1]) =>
+      withEvent(finishRaw(id, status, reason, from), (changed) => (changed ? ["environment.lease.released", { ...record, status }] as const : null))
 
     const toPending = (id: string, action: "release" | "destroy", intended: LeaseStatus, reason: string) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
@@ -230,9 +247,7 @@ export const make = (options: LeasesOptions) =>
           return
         }
         const reason = intended === "failed" ? "run failed" : intended === "expired" ? "run interrupted or cancelled" : null
-        if (yield* finish(row.id, intended, reason, ["acquiring", "active"])) {
-          yield* emit("environment.lease.released", { ...row, status: intended })
-        }
+        yield* finishReleased(row.id, intended, reason, ["acquiring", "active"], { ...row, status: intended })
       }).pipe(Effect.catchAllCause((c) => Effect.logError("lease finalizer", c)))
 
     /** A parked lease of the environment, resumed for this run; None when there is none or its sandbox is gone. */
@@ -260,7 +275,7 @@ export const make = (options: LeasesOptions) =>
             // gone (or the provider refused): this lease is over, the run gets a fresh one
             const reason = resumed._tag === "Left" ? `resume failed: ${resumed.left.message}` : "sandbox gone at resume"
             if (resumed._tag === "Left") yield* toPending(r.id, "destroy", "released", reason)
-            else if (yield* finish(r.id, "released", reason, ["active"])) yield* emit("environment.lease.released", { ...row, status: "released" })
+            else yield* finishReleased(r.id, "released", reason, ["active"], { ...row, status: "released" })
             continue
           }
           held.providerLeaseId = got.providerLeaseId
@@ -321,10 +336,11 @@ export const make = (options: LeasesOptions) =>
         held.metadata = redactor.redactValue(r.metadata ?? {})
         const acquiredAt = yield* Clock.currentTimeMillis
         const expiresAt = r.expiresAt ? Date.parse(r.expiresAt) : null
-        yield* sql`UPDATE leases SET provider_lease_id = ${r.providerLeaseId}, status = 'active', acquired_at = ${acquiredAt},
-          last_used_at = ${acquiredAt}, metadata = ${JSON.stringify(held.metadata)}, expires_at = ${Number.isFinite(expiresAt) ? expiresAt : null}
-          WHERE id = ${id} AND status = 'acquiring'`.pipe(Effect.orDie)
-        yield* emit("environment.lease.acquired", { ...row, status: "active" })
+        yield* withEvent(
+          sql`UPDATE leases SET provider_lease_id = ${r.providerLeaseId}, status = 'active', acquired_at = ${acquiredAt},
+            last_used_at = ${acquiredAt}, metadata = ${JSON.stringify(held.metadata)}, expires_at = ${Number.isFinite(expiresAt) ? expiresAt : null}
+            WHERE id = ${id} AND status = 'acquiring'`,
+          () => ["environment.lease.acquired", { ...row, status: "active" }] as const)
         return {
           id,
           companyId: request.companyId,
@@ -351,8 +367,7 @@ export const make = (options: LeasesOptions) =>
         const [pluginId, driverKey] = r.provider.split("/", 2) as [string, string]
         const record = { id: r.id, companyId: r.company_id, environmentId: r.environment_id, runId: r.run_id, provider: r.provider }
         const release = (status: LeaseStatus, reason: string | null) =>
-          Effect.flatMap(finish(r.id, status, reason, ["acquiring", "active", "pending_cleanup"]), (changed) =>
-            changed ? emit("environment.lease.released", { ...record, status }) : Effect.void)
+          finishReleased(r.id, status, reason, ["acquiring", "active", "pending_cleanup"], { ...record, status })
         // provider down: defer without spending an attempt
         const defer = Effect.flatMap(Clock.currentTimeMillis, (t) =>
           sql`UPDATE leases SET next_cleanup_at = ${t + options.deferMs}, sweeper_until = 0,

@@ -2,6 +2,7 @@
 import { Config, Context, Effect, Layer } from "effect"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
+import { DEFAULT_TRUSTED, defaultIsolation, type WorkerIsolationOptions } from "./WorkerSandbox.js"
 
 /** A fresh id per host process: leases and job runs record their owner by it (GANTRY_INSTANCE_ID overrides). */
 const freshInstanceId = () => `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`
@@ -24,6 +25,8 @@ export interface HostOptionsShape {
   readonly workerExecArgv: ReadonlyArray<string>
   /** The whole environment a worker gets besides GANTRY_PLUGIN_ID: PATH, NODE_ENV, TZ only. */
   readonly workerEnv: Readonly<Record<string, string>>
+  /** Worker sandbox policy (src/host/WorkerSandbox.ts): GANTRY_PLUGIN_SANDBOX, GANTRY_PLUGIN_TRUST. */
+  readonly workerIsolation: WorkerIsolationOptions
 }
 
 export const HOST_VERSION = "0.1.0"
@@ -43,7 +46,8 @@ export const defaults: HostOptionsShape = {
   sigtermGraceMs: 5_000,
   defaultShutdownTimeoutMs: 10_000,
   workerExecArgv: [],
-  workerEnv: { PATH: "/usr/local/bin:/usr/bin:/bin", NODE_ENV: "production", TZ: "UTC" }
+  workerEnv: { PATH: "/usr/local/bin:/usr/bin:/bin", NODE_ENV: "production", TZ: "UTC" },
+  workerIsolation: defaultIsolation
 }
 
 /** PATH, NODE_ENV and TZ of the host, the only variables a worker inherits. */
@@ -70,7 +74,14 @@ export class HostOptions extends Context.Tag("gantry/HostOptions")<HostOptions, 
         callTimeoutMs: yield* int("GANTRY_CALL_TIMEOUT_MS", defaults.callTimeoutMs),
         healthIntervalMs: yield* int("GANTRY_HEALTH_INTERVAL_MS", defaults.healthIntervalMs),
         restartBaseMs: yield* int("GANTRY_RESTART_BASE_MS", defaults.restartBaseMs),
-        crashLimit: yield* int("GANTRY_CRASH_LIMIT", defaults.crashLimit)
+        crashLimit: yield* int("GANTRY_CRASH_LIMIT", defaults.crashLimit),
+        workerIsolation: {
+          mode: yield* Config.literal("auto", "off")("GANTRY_PLUGIN_SANDBOX").pipe(Config.withDefault("auto" as const)),
+          trusted: yield* Config.string("GANTRY_PLUGIN_TRUST").pipe(
+            Config.map((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0)),
+            Config.withDefault(DEFAULT_TRUSTED)),
+          hidden: overrides.workerIsolation?.hidden ?? []
+        }
       }
       return { ...fromConfig, ...overrides }
     }).pipe(Effect.orDie)

@@ -40,6 +40,7 @@ import { CapabilityStores } from "./Stores.js"
 import { Redactor } from "./capabilities/Redactor.js"
 import { PluginRecords } from "./PluginRecords.js"
 import { inProcess, spawnWorker, type Transport } from "./Transport.js"
+import { plan as planWorker, type Isolation } from "./WorkerSandbox.js"
 
 export type PluginStatus = "installed" | "ready" | "disabled" | "error" | "uninstalled"
 export type WorkerStatus = "stopped" | "starting" | "running" | "stopping" | "crashed" | "backoff"
@@ -60,6 +61,8 @@ export interface PluginSnapshot {
   readonly health: (HealthResult & { readonly checkedAt: string }) | null
   readonly restarts: number
   readonly crashesInWindow: number
+  /** How the last worker ran: in its sandbox, trusted (operator allow-list), or unsandboxed (flagged); null before a start. */
+  readonly isolation: Isolation | null
 }
 
 export interface CallOptions {
@@ -92,6 +95,7 @@ interface Entry {
   current: Running | undefined
   stopSignal: Deferred.Deferred<void> | undefined
   stderrTail: string
+  isolation?: Isolation | undefined
 }
 
 class WorkerCrashed extends Error {
@@ -179,7 +183,8 @@ export const make = Effect.gen(function* () {
     lastError: e.lastError,
     health: e.health,
     restarts: e.restarts,
-    crashesInWindow: e.crashes.length
+    crashesInWindow: e.crashes.length,
+    isolation: e.source.kind === "in-process" ? "trusted" : e.isolation ?? null
   })
 
   const find = (pluginId: string) =>
@@ -237,8 +242,14 @@ export const make = Effect.gen(function* () {
         e.workerStatus = "starting"
         e.stderrTail = ""
         const manifest = e.info.manifest
+        const launch = e.source.kind === "process"
+          ? planWorker(options.workerIsolation, { pluginId: e.pluginId, root: e.root, entry: e.source.entry, execArgv: options.workerExecArgv })
+          : undefined
+        e.isolation = launch?.isolation
+        if (launch?.warning) yield* log(e, "warn", launch.warning)
         const transport = e.source.kind === "process"
           ? yield* spawnWorker({
+              launcher: launch?.launcher,
               entry: e.source.entry,
               cwd: e.root,
               env: { ...options.workerEnv, GANTRY_PLUGIN_ID: e.pluginId },

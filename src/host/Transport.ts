@@ -27,6 +27,8 @@ export interface ProcessOptions {
   readonly execArgv: ReadonlyArray<string>
   readonly sigtermGraceMs: number
   readonly onStderr: (chunk: string) => void
+  /** Run node through this (the worker sandbox, src/host/WorkerSandbox.ts): `command ...args node …`. */
+  readonly launcher?: { readonly command: string; readonly args: ReadonlyArray<string> } | undefined
 }
 
 const require = createRequire(import.meta.url)
@@ -39,7 +41,9 @@ export const spawnWorker = (o: ProcessOptions): Effect.Effect<Transport, never, 
     Effect.gen(function* () {
       const exited = yield* Deferred.make<string>()
       const args = [...o.execArgv, ...(o.entry.endsWith(".ts") ? ["--import", tsxImport()] : []), o.entry]
-      const child = spawn(process.execPath, args, { cwd: o.cwd, env: o.env, stdio: ["pipe", "pipe", "pipe"] })
+      const child = o.launcher
+        ? spawn(o.launcher.command, [...o.launcher.args, process.execPath, ...args], { cwd: o.cwd, env: o.env, stdio: ["pipe", "pipe", "pipe"] })
+        : spawn(process.execPath, args, { cwd: o.cwd, env: o.env, stdio: ["pipe", "pipe", "pipe"] })
       child.stderr!.setEncoding("utf8")
       child.stderr!.on("data", (c: string) => o.onStderr(c))
       child.stdin!.on("error", () => {})

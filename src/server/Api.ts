@@ -42,7 +42,8 @@ export const Plugin = Schema.Struct({
   pluginId: Schema.String, version: Schema.String, displayName: Schema.String, status: Schema.String, workerStatus: Schema.String,
   mode: Schema.String, pid: Schema.NullOr(Schema.Number), supportedMethods: Schema.Array(Schema.String),
   capabilities: Schema.Array(Schema.String), inactiveCapabilities: Schema.Array(Schema.String), ignoredFields: Schema.Array(Schema.String),
-  lastError: Schema.NullOr(Schema.String), health: Schema.NullOr(Json), restarts: Schema.Number, crashesInWindow: Schema.Number
+  lastError: Schema.NullOr(Schema.String), health: Schema.NullOr(Json), restarts: Schema.Number, crashesInWindow: Schema.Number,
+  isolation: Schema.optional(Schema.NullOr(Schema.Literal("sandboxed", "trusted", "unsandboxed")))
 })
 
 // ---- params ----

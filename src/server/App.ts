@@ -17,6 +17,7 @@ import * as Leases from "../environments/Leases.js"
 import * as Provider from "../environments/Provider.js"
 import * as RunToken from "../environments/RunToken.js"
 import * as RuntimeUrl from "../environments/RuntimeUrl.js"
+import * as DataDir from "../store/DataDir.js"
 import * as Database from "../store/Database.js"
 import * as Agents from "../work/Agents.js"
 import * as Companies from "../work/Companies.js"
@@ -26,6 +27,8 @@ export interface AppOptions {
   /** postgres://… or a SQLite file path; default `<dataDir>/gantry.db`. */
   readonly databaseUrl?: string | undefined
   readonly dataDir: string
+  /** Root of local-driver workspaces; default GANTRY_WORKSPACES_DIR, else `<dataDir>-workspaces`. Never inside the data dir. */
+  readonly workspacesDir?: string | undefined
   readonly host?: Partial<HostOptionsShape>
   readonly leases?: Partial<Leases.LeasesOptions>
   readonly runs?: Partial<Runs.RunsOptions>
@@ -37,8 +40,14 @@ export interface AppOptions {
 
 /** Everything below the HTTP API. */
 export const layer = <RU = never>(o: AppOptions, runtimeUrlLayer?: Layer.Layer<RuntimeUrl.RuntimeUrl, never, RU>) => {
-  const database = Database.layer({ url: o.databaseUrl, dataDir: o.dataDir })
-  const base = Layer.mergeAll(HostOptions.layerConfigWith(o.host ?? {}), Redactor.layer, NodeContext.layer)
+  // the data dir is checked (and created 0700) before anything opens a file in it
+  const database = Database.layer({ url: o.databaseUrl, dataDir: o.dataDir }).pipe(Layer.provideMerge(DataDir.layer(o.dataDir, o.workspacesDir)))
+  // sandboxed workers never see the data dir or the local workspaces, wherever those are
+  const hostOptions = Layer.effect(HostOptions, Effect.zipWith(HostOptions, DataDir.DataDir, (h, d) => ({
+    ...h,
+    workerIsolation: { ...h.workerIsolation, hidden: [...h.workerIsolation.hidden, d.path, d.workspacesDir] }
+  }))).pipe(Layer.provide(HostOptions.layerConfigWith(o.host ?? {})))
+  const base = Layer.mergeAll(hostOptions, Redactor.layer, NodeContext.layer)
   // one SecretStore: the capability backend (plugins' secrets.resolve) and the API/runs share it
   const stores = Layer.mergeAll(Capabilities.layerSql, PluginRecords.layerSql, Instance.layer).pipe(
     // GANTRY_SECRETS_KEY when set (replicas must share one key), else the key file in the data dir

@@ -1,7 +1,7 @@
 // Handlers of every API group: thin mappings from HTTP to the services, with the company-scope check
 // (`requireCompany`) before any work and domain errors mapped to the API error format.
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect, Layer, Option, Stream } from "effect"
+import { Cause, Clock, Effect, Layer, Option, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { Environments } from "../environments/Environments.js"
 import { Leases } from "../environments/Leases.js"
@@ -234,7 +234,10 @@ const RunsLive = HttpApiBuilder.group(GantryApi, "runs", (h) => {
         const last = Number(req.headers["last-event-id"] ?? "0")
         const stream = runs.output(path.id, { afterSeq: Number.isFinite(last) ? last : 0 }).pipe(
           Stream.map(sseFrame),
-          Stream.catchAll(() => Stream.empty),
+          // a failed stream says so (the client reconnects with Last-Event-ID) instead of just stopping
+          Stream.catchAllCause((cause) => Cause.isInterruptedOnly(cause)
+            ? Stream.failCause(cause)
+            : Stream.succeed(`event: error\ndata: ${JSON.stringify({ error: { code: "stream_failed", message: "the run output stream failed; reconnect with Last-Event-ID" } })}\n\n`)),
           Stream.encodeText
         )
         return HttpServerResponse.stream(stream, {

@@ -4,9 +4,9 @@ import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Config, Context, Effect, Layer, Redacted } from "effect"
-import { mkdirSync } from "node:fs"
-import { dirname, join, resolve } from "node:path"
+import { join, resolve } from "node:path"
 import PgTypesDefault from "pg-types"
+import { ensurePrivateFile } from "./DataDir.js"
 import { migrate } from "./migrations.js"
 
 export type Dialect = "sqlite" | "pg"
@@ -56,11 +56,13 @@ const pgLayer = (url: string) =>
 export const layer = (options: DatabaseOptions = {}) => {
   const base = isPg(options.url)
     ? pgLayer(options.url!)
-    : (() => {
+    : Layer.unwrapEffect(Effect.sync(() => {
         const file = options.url && options.url !== "" ? resolve(options.url.replace(/^sqlite:(\/\/)?/, "")) : join(resolve(options.dataDir ?? ".gantry"), "gantry.db")
-        mkdirSync(dirname(file), { recursive: true })
+        // 0600 from the start (and only once the layer is built, after the data dir check): SQLite
+        // gives its -wal and -shm files the database file's mode
+        ensurePrivateFile(file)
         return sqliteLayer(file)
-      })()
+      }))
   return Layer.effectDiscard(Effect.flatMap(Database, (db) => migrate(db.dialect))).pipe(Layer.provideMerge(base))
 }
 

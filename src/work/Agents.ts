@@ -109,7 +109,7 @@ export const make = Effect.gen(function* () {
     Effect.flatMap(Clock.currentTimeMillis, (now) => stores.events.emit({
       eventId: randomUUID(), eventType, occurredAt: new Date(now).toISOString(), entityId: a.id, entityType: "agent",
       actorType: "system", companyId: a.companyId, payload: { agentId: a.id, name: a.name }
-    })).pipe(Effect.ignore)
+    })).pipe(Effect.orDie)
 
   /** Validate a full (create) or partial (update) input against the previous agent. */
   const validate = (companyId: string, input: AgentInput, prev: Agent | undefined) =>
@@ -176,12 +176,15 @@ export const make = Effect.gen(function* () {
       if (yield* nameTaken(companyId, v.name, "")) return yield* new AgentConflict({ message: `an agent named "${v.name}" already exists in this company` })
       const id = randomUUID()
       const now = yield* Clock.currentTimeMillis
-      yield* sql`INSERT INTO agents (id, company_id, name, command, args, env, default_environment_id, heartbeat, timeout_ms, next_heartbeat_at, created_at, updated_at)
-        VALUES (${id}, ${companyId}, ${v.name}, ${v.command}, ${JSON.stringify(v.args)}, ${JSON.stringify(v.env)}, ${v.defaultEnvironmentId},
-        ${v.heartbeat ? JSON.stringify(v.heartbeat) : null}, ${v.timeoutMs}, ${nextHeartbeat(v.heartbeat, now)}, ${now}, ${now})`.pipe(Effect.orDie)
-      const agent = yield* Effect.orDie(get(id))
-      yield* emit("agent.created", agent)
-      return agent
+      // the change and its event commit together (outbox)
+      return yield* sql.withTransaction(Effect.gen(function* () {
+        yield* sql`INSERT INTO agents (id, company_id, name, command, args, env, default_environment_id, heartbeat, timeout_ms, next_heartbeat_at, created_at, updated_at)
+          VALUES (${id}, ${companyId}, ${v.name}, ${v.command}, ${JSON.stringify(v.args)}, ${JSON.stringify(v.env)}, ${v.defaultEnvironmentId},
+          ${v.heartbeat ? JSON.stringify(v.heartbeat) : null}, ${v.timeoutMs}, ${nextHeartbeat(v.heartbeat, now)}, ${now}, ${now})`
+        const agent = yield* Effect.orDie(get(id))
+        yield* emit("agent.created", agent)
+        return agent
+      })).pipe(Effect.catchTag("SqlError", Effect.die))
     }),
     get,
     list: (companyId) =>
@@ -193,13 +196,15 @@ export const make = Effect.gen(function* () {
       if (yield* nameTaken(prev.companyId, v.name, id)) return yield* new AgentConflict({ message: `an agent named "${v.name}" already exists in this company` })
       const now = yield* Clock.currentTimeMillis
       const hbChanged = JSON.stringify(v.heartbeat) !== JSON.stringify(prev.heartbeat)
-      yield* sql`UPDATE agents SET name = ${v.name}, command = ${v.command}, args = ${JSON.stringify(v.args)}, env = ${JSON.stringify(v.env)},
-        default_environment_id = ${v.defaultEnvironmentId}, heartbeat = ${v.heartbeat ? JSON.stringify(v.heartbeat) : null},
-        timeout_ms = ${v.timeoutMs}, updated_at = ${now} WHERE id = ${id}`.pipe(Effect.orDie)
-      if (hbChanged) yield* sql`UPDATE agents SET next_heartbeat_at = ${nextHeartbeat(v.heartbeat, now)} WHERE id = ${id}`.pipe(Effect.orDie)
-      const agent = yield* Effect.orDie(get(id))
-      yield* emit("agent.updated", agent)
-      return agent
+      return yield* sql.withTransaction(Effect.gen(function* () {
+        yield* sql`UPDATE agents SET name = ${v.name}, command = ${v.command}, args = ${JSON.stringify(v.args)}, env = ${JSON.stringify(v.env)},
+          default_environment_id = ${v.defaultEnvironmentId}, heartbeat = ${v.heartbeat ? JSON.stringify(v.heartbeat) : null},
+          timeout_ms = ${v.timeoutMs}, updated_at = ${now} WHERE id = ${id}`
+        if (hbChanged) yield* sql`UPDATE agents SET next_heartbeat_at = ${nextHeartbeat(v.heartbeat, now)} WHERE id = ${id}`
+        const agent = yield* Effect.orDie(get(id))
+        yield* emit("agent.updated", agent)
+        return agent
+      })).pipe(Effect.catchTag("SqlError", Effect.die))
     }),
     remove: (id) => Effect.zipRight(get(id), sql`DELETE FROM agents WHERE id = ${id}`.pipe(Effect.asVoid, Effect.orDie))
   })

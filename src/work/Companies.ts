@@ -1,4 +1,5 @@
-// Companies (tenants): id, name, optional default environment. Creating one emits `company.created`.
+// Companies (tenants): id, name, optional default environment. Creating one emits `company.created`
+// in the same transaction.
 import { SqlClient } from "@effect/sql"
 import { Clock, Context, Effect, Layer, Schema } from "effect"
 import { randomUUID } from "node:crypto"
@@ -64,11 +65,14 @@ export const make = Effect.gen(function* () {
       const now = yield* Clock.currentTimeMillis
       const existing = yield* sql<{ id: string }>`SELECT id FROM companies WHERE id = ${id} OR name = ${name}`.pipe(Effect.orDie)
       if (existing.length > 0) return yield* new CompanyConflict({ message: `a company with this ${existing[0]!.id === id ? "id" : "name"} already exists` })
-      yield* sql`INSERT INTO companies (id, name, created_at) VALUES (${id}, ${name}, ${now})`.pipe(Effect.orDie)
-      yield* stores.events.emit({
-        eventId: randomUUID(), eventType: "company.created", occurredAt: new Date(now).toISOString(),
-        entityId: id, entityType: "company", actorType: "system", companyId: id, payload: { companyId: id, name }
-      }).pipe(Effect.ignore)
+      // the company and its event commit together or not at all (outbox, SPEC §16)
+      yield* sql.withTransaction(Effect.zipRight(
+        sql`INSERT INTO companies (id, name, created_at) VALUES (${id}, ${name}, ${now})`,
+        stores.events.emit({
+          eventId: randomUUID(), eventType: "company.created", occurredAt: new Date(now).toISOString(),
+          entityId: id, entityType: "company", actorType: "system", companyId: id, payload: { companyId: id, name }
+        })
+      )).pipe(Effect.orDie)
       return { id, name, defaultEnvironmentId: null, createdAt: new Date(now).toISOString() }
     }),
     get,

@@ -19,6 +19,7 @@ import { Leases } from "../environments/Leases.js"
 import { Providers } from "../environments/Provider.js"
 import { RunTokens } from "../environments/RunToken.js"
 import { RuntimeUrl } from "../environments/RuntimeUrl.js"
+import { DataDir, defaultWorkspacesDir, isInside } from "../store/DataDir.js"
 import { Agents, nextHeartbeat, type Agent, type EnvValue } from "./Agents.js"
 
 export type RunStatus = "queued" | "running" | "succeeded" | "failed" | "cancelled" | "timed_out"
@@ -119,7 +120,7 @@ export class Runs extends Context.Tag("gantry/Runs")<Runs, {
 }>() {}
 
 export interface RunsOptions {
-  /** Where local workspaces live: `<dataDir>/workspaces/<agentId>`. */
+  /** The data dir; local workspaces live outside it (`DataDir.workspacesDir`, default `<dataDir>-workspaces/<agentId>`). */
   readonly dataDir: string
   readonly pollIntervalMs: number
   readonly heartbeatIntervalMs: number
@@ -127,6 +128,10 @@ export interface RunsOptions {
 
 const MAX_LOG_BYTES = 4 * OUTPUT_CAP
 const REMOTE_POLL_MS = 300
+/** A change and its event that hit a database error are retried (a hiccup must not lose either). */
+const dbRetry = Schedule.exponential(Duration.millis(50)).pipe(Schedule.intersect(Schedule.recurs(6)))
+/** How often the owner of running runs looks for a cancel requested on another replica. */
+const CANCEL_POLL = Duration.millis(250)
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/
 const secretRefOf = (v: EnvValue) => (typeof v === "string" ? undefined : v)
 
@@ -144,8 +149,12 @@ export const make = (options: RunsOptions) =>
     const tokens = yield* RunTokens
     const runtimeUrl = yield* RuntimeUrl
     const secrets = yield* Effect.serviceOption(RunSecrets)
+    const dataDirInfo = yield* Effect.serviceOption(DataDir)
+    const dataDirPath = Option.match(dataDirInfo, { onNone: () => resolve(options.dataDir), onSome: (d) => d.path })
+    const workspacesDir = Option.match(dataDirInfo, { onNone: () => defaultWorkspacesDir(options.dataDir), onSome: (d) => d.workspacesDir })
     const fibers = yield* FiberMap.make<string>()
-    const live = new Map<string, { pubsub: PubSub.PubSub<RunOutput>; seq: number; bytes: number }>()
+    // held: per source+stream, the end of the output that may begin a secret (redaction across chunks)
+    const live = new Map<string, { pubsub: PubSub.PubSub<RunOutput>; seq: number; bytes: number; held: Map<string, string> }>()
     let accepting = true
 
     const get = (runId: string) =>
@@ -156,35 +165,58 @@ export const make = (options: RunsOptions) =>
           : Effect.succeed(toRun(rows[0]!)))
       )
 
+    /** Write a run event; callers run it in the transaction of the change it describes (outbox). */
     const emit = (eventType: string, run: Run) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => stores.events.emit({
         eventId: randomUUID(), eventType, occurredAt: new Date(now).toISOString(), entityId: run.id, entityType: "run",
         actorType: "system", companyId: run.companyId,
         payload: { runId: run.id, agentId: run.agentId, environmentId: run.environmentId, status: run.status, exitCode: run.exitCode }
-      })).pipe(Effect.ignore)
+      }))
 
     const liveOf = (runId: string) =>
       Effect.suspend(() => {
         const existing = live.get(runId)
         if (existing) return Effect.succeed(existing)
         return Effect.map(PubSub.unbounded<RunOutput>(), (pubsub) => {
-          const l = live.get(runId) ?? { pubsub, seq: 0, bytes: 0 }
+          const l = live.get(runId) ?? { pubsub, seq: 0, bytes: 0, held: new Map<string, string>() }
           live.set(runId, l)
           return l
         })
       })
 
-    const appendChunk = (runId: string, stream: "stdout" | "stderr" | "system", raw: string) =>
+    const writeChunk = (runId: string, l: { pubsub: PubSub.PubSub<RunOutput>; seq: number; bytes: number }, stream: "stdout" | "stderr" | "system", chunk: string) =>
       Effect.gen(function* () {
-        const l = yield* liveOf(runId)
-        if (l.bytes > MAX_LOG_BYTES) return
-        const chunk = redactor.redact(raw)
+        if (l.bytes > MAX_LOG_BYTES || chunk.length === 0) return
         l.bytes += chunk.length
         const seq = ++l.seq
         const now = yield* Clock.currentTimeMillis
         const text = l.bytes > MAX_LOG_BYTES ? `${chunk}\n[run log truncated at ${MAX_LOG_BYTES} bytes]\n` : chunk
         yield* sql`INSERT INTO run_logs (run_id, at, stream, chunk) VALUES (${runId}, ${now}, ${stream}, ${text})`.pipe(Effect.orDie)
         yield* PubSub.publish(l.pubsub, { _tag: "chunk", seq, stream, chunk: text })
+      })
+
+    /** Redact and store a chunk. A secret split over two chunks is caught: the end of a chunk that
+     * begins a known secret is held back until the next chunk of the same source and stream. */
+    const appendChunk = (runId: string, stream: "stdout" | "stderr" | "system", raw: string, source: "exec" | "runtime" = "exec") =>
+      Effect.gen(function* () {
+        const l = yield* liveOf(runId)
+        const key = `${source}:${stream}`
+        const redacted = redactor.redact((l.held.get(key) ?? "") + raw)
+        const keep = redactor.partialSuffix(redacted)
+        if (keep > 0) l.held.set(key, redacted.slice(redacted.length - keep))
+        else l.held.delete(key)
+        yield* writeChunk(runId, l, stream, redacted.slice(0, redacted.length - keep))
+      })
+
+    /** The end of the output: what was held back was not a secret after all. */
+    const flushHeld = (runId: string) =>
+      Effect.suspend(() => {
+        const l = live.get(runId)
+        if (!l || l.held.size === 0) return Effect.void
+        const held = [...l.held.entries()]
+        l.held.clear()
+        return Effect.forEach(held, ([key, text]) =>
+          writeChunk(runId, l, key.slice(key.indexOf(":") + 1) as "stdout" | "stderr" | "system", redactor.redact(text)), { discard: true })
       })
 
     /** The command's environment: environment vars + agent vars (secret refs resolved) + run vars. */
@@ -205,15 +237,20 @@ export const make = (options: RunsOptions) =>
 
     const finishRun = (runId: string, status: RunStatus, result: Partial<ExecResult> | null, error: string | null, leaseId: string | null) =>
       Effect.gen(function* () {
+        // before the status: a terminal run's log is complete
+        yield* flushHeld(runId)
         const now = yield* Clock.currentTimeMillis
-        const updated = yield* sql<{ id: string }>`UPDATE runs SET status = ${status}, exit_code = ${result?.exitCode ?? null}, signal = ${result?.signal ?? null},
-          error = ${error === null ? null : redactor.redact(error)}, stdout = ${redactor.redact(result?.stdout ?? "")}, stderr = ${redactor.redact(result?.stderr ?? "")},
-          truncated = ${result?.truncated ? 1 : 0}, lease_id = COALESCE(${leaseId}, lease_id), finished_at = ${now}
-          WHERE id = ${runId} AND status IN ('queued', 'running') RETURNING id`.pipe(Effect.orDie)
+        // the terminal status and its event commit together (outbox); a database hiccup is retried
+        yield* sql.withTransaction(Effect.gen(function* () {
+          const updated = yield* sql<Row>`UPDATE runs SET status = ${status}, exit_code = ${result?.exitCode ?? null}, signal = ${result?.signal ?? null},
+            error = ${error === null ? null : redactor.redact(error)}, stdout = ${redactor.redact(result?.stdout ?? "")}, stderr = ${redactor.redact(result?.stderr ?? "")},
+            truncated = ${result?.truncated ? 1 : 0}, lease_id = COALESCE(${leaseId}, lease_id), finished_at = ${now}
+            WHERE id = ${runId} AND status IN ('queued', 'running') RETURNING *`
+          if (updated.length > 0) {
+            yield* emit(status === "succeeded" ? "agent.run.finished" : status === "cancelled" ? "agent.run.cancelled" : "agent.run.failed", toRun(updated[0]!))
+          }
+        })).pipe(Effect.retry(dbRetry), Effect.orDie)
         const run = yield* Effect.orDie(get(runId))
-        if (updated.length > 0) {
-          yield* emit(status === "succeeded" ? "agent.run.finished" : status === "cancelled" ? "agent.run.cancelled" : "agent.run.failed", run)
-        }
         const l = live.get(runId)
         if (l) {
           yield* PubSub.publish(l.pubsub, { _tag: "end", run })
@@ -230,11 +267,13 @@ export const make = (options: RunsOptions) =>
         const selected = yield* Effect.either(environments.select(row.company_id, { explicit: row.environment_id, agentDefault: agent.defaultEnvironmentId }))
         if (selected._tag === "Left") return yield* finishRun(row.id, "failed", null, selected.left.message, null)
         const env: Environment = selected.right
-        yield* sql`UPDATE runs SET environment_id = ${env.id} WHERE id = ${row.id}`.pipe(Effect.orDie)
         const token = yield* tokens.sign({ runId: row.id, companyId: row.company_id, agentId: row.agent_id, expiresAt: Number(row.deadline_at) })
         // a command that prints its token must not leak it into logs or stored output
         yield* redactor.register(token)
-        yield* emit("agent.run.started", { ...toRun(row), environmentId: env.id, status: "running" })
+        yield* sql.withTransaction(Effect.zipRight(
+          sql`UPDATE runs SET environment_id = ${env.id} WHERE id = ${row.id}`,
+          emit("agent.run.started", { ...toRun(row), environmentId: env.id, status: "running" })
+        )).pipe(Effect.retry(dbRetry), Effect.orDie)
         let leaseId: string | null = null
         // output chunks arrive on plain callbacks; one consumer appends them in order
         const chunks = yield* Queue.unbounded<readonly ["stdout" | "stderr", string] | null>()
@@ -254,8 +293,10 @@ export const make = (options: RunsOptions) =>
           let target: ExecTarget
           let envVars: Record<string, string>
           if (env.driver === "local") {
-            const cwd = typeof env.config.workspacePath === "string" ? resolve(env.config.workspacePath) : join(resolve(options.dataDir), "workspaces", agent.id)
-            mkdirSync(cwd, { recursive: true })
+            const cwd = typeof env.config.workspacePath === "string" ? resolve(env.config.workspacePath) : join(workspacesDir, agent.id)
+            // a local command runs as the host's user: its workspace must not reach the database or keys
+            if (isInside(cwd, dataDirPath)) return yield* Effect.fail(`local workspace ${cwd} is inside the data dir ${dataDirPath}; choose a workspace outside it`)
+            mkdirSync(cwd, { recursive: true, mode: 0o700 })
             target = { _tag: "local", cwd }
             envVars = (env.config.env as Record<string, string> | undefined) ?? {}
           } else {
@@ -405,7 +446,16 @@ export const make = (options: RunsOptions) =>
       }
     }).pipe(Effect.catchAllCause((c) => Effect.logWarning("heartbeat tick failed", c)))
 
+    // a cancel sent to another replica only sets cancel_requested: the owner interrupts its fiber
+    const watchCancels = Effect.gen(function* () {
+      const local = [...fibers].map(([id]) => id)
+      if (local.length === 0) return
+      const requested = yield* sql<{ id: string }>`SELECT id FROM runs WHERE id IN ${sql.in(local)} AND cancel_requested = 1`.pipe(Effect.orDie)
+      yield* Effect.forEach(requested, (r) => FiberMap.remove(fibers, r.id), { discard: true, concurrency: "unbounded" })
+    }).pipe(Effect.catchAllCause((c) => Effect.logWarning("cancel watch failed", c)))
+
     yield* Effect.forkScoped(Effect.repeat(poll, Schedule.spaced(Duration.millis(options.pollIntervalMs))))
+    yield* Effect.forkScoped(Effect.repeat(watchCancels, Schedule.spaced(CANCEL_POLL)))
     yield* Effect.forkScoped(Effect.repeat(heartbeats, Schedule.spaced(Duration.millis(options.heartbeatIntervalMs))))
 
     const cancel = (runId: string) =>
@@ -485,7 +535,7 @@ export const make = (options: RunsOptions) =>
           )
           return Stream.concat(Stream.fromIterable<RunOutput>(past), liveStream)
         })),
-      appendLog: (runId, stream, chunk) => Effect.zipRight(get(runId), appendChunk(runId, stream, chunk)),
+      appendLog: (runId, stream, chunk) => Effect.zipRight(get(runId), appendChunk(runId, stream, chunk, "runtime")),
       isActive: (runId) => get(runId).pipe(Effect.map((r) => !TERMINAL_RUN.includes(r.status)), Effect.orElseSucceed(() => false)),
       shutdown
     })

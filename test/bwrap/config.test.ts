@@ -47,9 +47,10 @@ describe("bwrap-sandbox config and host checks", () => {
       "readOnlyPaths[4]: /srv/gantry-ws/x would expose the workspaceRoot", "readOnlyPaths[5]: /srv would expose the workspaceRoot",
       "readOnlyPaths[6]: /tmp/x is inside /tmp", "readOnlyPaths[7]: /proc is inside /proc", "memoryMiB: must be an integer",
       "pids: must be an integer", "cpuSeconds: must be an integer", "timeoutMs: must be an integer", `env: invalid variable name "1BAD"`,
-      "env.OK: must be a string", "keepOnFailure: must be a boolean", "runAsUid: must be an integer", "netwrk: unknown field"
+      "env.OK: must be a string", "keepOnFailure: must be a boolean", "runAsUid: must be an integer", "netwrk: unknown field",
+      "workspaceRoot: /srv/gantry-ws is inside /srv"
     ]) expect(e).toContain(needle)
-    expect(r.errors).toHaveLength(18)
+    expect(r.errors).toHaveLength(19)
     expect(r.warnings).toEqual([expect.stringContaining("readOnlyPaths[9]: /usr is listed twice")])
 
     const ok = Core.validateFields({ network: "host", readOnlyPaths: ["/usr/", "/bin"], memoryMiB: 2048, provider: "bwrap", ttlMs: 5 })
@@ -134,10 +135,10 @@ describe("bwrap-sandbox config and host checks", () => {
           const v2 = await Core.createBwrapSandbox().validateConfig({ workspaceRoot: join(closed, "ws") })
           expect(v2.ok).toBe(false)
           expect(v2.errors).toEqual([expect.stringContaining(`is not reachable by the sandbox user (host uid 65534): ${closed} has mode 0700 — fix: chmod o+x ${closed}`)])
-          // running sandboxes as host root is the documented way out; it costs the pids limit, and says so
+          // running sandboxes as host root is refused (an error, not a warning)
           const v3 = await Core.createBwrapSandbox().validateConfig({ workspaceRoot: join(closed, "ws"), runAsUid: 0, runAsGid: 0 })
-          expect(v3.ok).toBe(true)
-          expect(v3.warnings).toEqual([expect.stringContaining("pids is not enforced")])
+          expect(v3.ok).toBe(false)
+          expect(v3.errors).toEqual(expect.arrayContaining([expect.stringContaining("runAsUid: 0 (root) is refused"), expect.stringContaining("runAsGid: 0 (root) is refused")]))
         } finally {
           rmSync(closed, { recursive: true, force: true })
         }

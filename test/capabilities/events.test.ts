@@ -19,7 +19,7 @@ import type { EventEnvelope, EventFilter } from "../../src/protocol/methods.js"
 import { filterMatches, patternMatches } from "../../src/protocol/events.js"
 import * as Database from "../../src/store/Database.js"
 import { freshDatabaseUrl, testDbs } from "../db.js"
-import { childPids, eventually, fixture } from "../helpers.js"
+import { childPids, eventually, fixture, trusting } from "../helpers.js"
 
 const ID = "events-recorder"
 const DIR = fixture(ID)
@@ -61,7 +61,8 @@ const tempFile = Effect.map(
 const hostOn = (url: string, overrides: Partial<HostOptionsShape> = {}) =>
   PluginHost.layer.pipe(
     Layer.provideMerge(Layer.merge(Capabilities.layerSql, PluginRecords.layerSql)),
-    Layer.provideMerge(Layer.mergeAll(HostOptions.layer({ healthIntervalMs: 60_000, ...overrides }), Redactor.layer)),
+    // events-recorder appends to a log file the test reads: trusted (no worker sandbox)
+    Layer.provideMerge(Layer.mergeAll(HostOptions.layer({ healthIntervalMs: 60_000, ...trusting("events-recorder"), ...overrides }), Redactor.layer)),
     Layer.provideMerge(Database.layer({ url }))
   )
 

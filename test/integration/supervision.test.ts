@@ -3,9 +3,10 @@ import { Cause, Clock, Effect, Exit, Fiber } from "effect"
 import * as PluginHost from "../../src/host/PluginHost.js"
 import { CapabilityStores } from "../../src/host/Stores.js"
 import type { HostOptionsShape } from "../../src/host/HostOptions.js"
-import { childPids, eventually, fixture, hostLayer, isAlive } from "../helpers.js"
+import { childPids, eventually, fixture, hostLayer, isAlive, trusting } from "../helpers.js"
 
-const fast: Partial<HostOptionsShape> = { restartBaseMs: 20, restartMaxMs: 100, crashLimit: 3, sigtermGraceMs: 1000 }
+// these fixtures import ../raw-worker.mjs, outside their package directory: trusted (no worker sandbox)
+const fast: Partial<HostOptionsShape> = { restartBaseMs: 20, restartMaxMs: 100, crashLimit: 3, sigtermGraceMs: 1000, ...trusting("exit-on-init", "garbage", "ignore-shutdown") }
 
 const scoped = <A, E>(body: Effect.Effect<A, E, PluginHost.PluginHost | CapabilityStores>, overrides: Partial<HostOptionsShape> = fast) =>
   Effect.gen(function* () {

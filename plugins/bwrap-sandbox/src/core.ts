@@ -266,6 +266,71 @@ const normalizePath = (p: string) => {
   return n.length > 1 && n.endsWith("/") ? n.slice(0, -1) : n
 }
 
+/** Where readOnlyPaths may point, after symlinks are resolved: the OS tree and the default /etc
+ * entries (and where they resolve to). Not /var, /srv, /opt, /root, /home, nor anything else. */
+export const READ_ONLY_ALLOWED: ReadonlyArray<string> = [...new Set([
+  "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+  ...DEFAULT_READ_ONLY_PATHS.filter((p) => p.startsWith("/etc/"))
+])]
+/** Directories a workspaceRoot (written by sandboxes) may not be, contain, or lie inside of. */
+const WORKSPACE_FORBIDDEN = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/boot", "/proc", "/sys", "/dev", "/run",
+  "/root", "/home", "/srv", "/opt", "/var/lib", "/var/log", "/var/spool", "/var/mail", "/var/cache", "/var/backups", "/var/run"]
+/** Files that mark Gantry's data dir: a path at or below a directory holding one is refused. */
+const DATA_DIR_MARKERS = ["secrets.key", "gantry.db"]
+
+/** The real path of `p`, or of its nearest existing ancestor joined with the rest. */
+export const realPathOf = (p: string): string => {
+  let head = normalizePath(p)
+  const rest: Array<string> = []
+  for (;;) {
+    try {
+      return posix.join(realpathSync(head), ...rest)
+    } catch {
+      const up = posix.dirname(head)
+      if (up === head) return normalizePath(p)
+      rest.unshift(posix.basename(head))
+      head = up
+    }
+  }
+}
+
+/** A directory at or above `p` that holds Gantry's data (its database or secrets key), if any. */
+const dataDirAbove = (p: string): string | null => {
+  for (let dir = p; ; dir = posix.dirname(dir)) {
+    for (const m of DATA_DIR_MARKERS) {
+      try {
+        lstatSync(posix.join(dir, m))
+        return dir
+      } catch {
+        // not here
+      }
+    }
+    if (posix.dirname(dir) === dir) return null
+  }
+}
+
+/** The real path of a readOnlyPaths entry when it is allowed, else why not. */
+export const checkReadOnlyPath = (p: string): { readonly real: string } | { readonly error: string } => {
+  const real = realPathOf(p)
+  if (!READ_ONLY_ALLOWED.some((a) => under(real, a) || under(real, realPathOf(a)))) {
+    return { error: `${p}${real !== p ? ` (resolves to ${real})` : ""} is not a system directory on the allow-list (${READ_ONLY_ALLOWED.slice(0, 7).join(", ")}, /etc/ssl, …)` }
+  }
+  const data = dataDirAbove(real)
+  if (data) return { error: `${p} is inside Gantry's data dir (${data})` }
+  return { real }
+}
+
+/** Check a workspaceRoot after symlinks are resolved. */
+export const checkWorkspaceRoot = (p: string): string | null => {
+  const real = realPathOf(p)
+  if (real === "/") return `${p} resolves to /`
+  const hit = WORKSPACE_FORBIDDEN.find((d) => under(real, d) || under(d, real))
+  if (hit) return `${p}${real !== p ? ` (resolves to ${real})` : ""} is ${under(real, hit) ? "inside" : "a parent of"} ${hit}, a system or private directory; use a directory of its own such as ${DEFAULT_ROOT}`
+  const data = dataDirAbove(real)
+  if (data) return `${p} is inside Gantry's data dir (${data})`
+  return null
+}
+
 /** Check an environment config's fields (no host checks): every problem, with its field. */
 export const validateFields = (raw: unknown, sys: System = {}): ValidateResult & { knobs: Knobs } => {
   const errors: Array<string> = []
@@ -307,6 +372,10 @@ export const validateFields = (raw: unknown, sys: System = {}): ValidateResult &
       workspaceRoot = normalizePath(v)
       normalized.workspaceRoot = workspaceRoot
       if (workspaceRoot === "/") errors.push("workspaceRoot: must not be /")
+      else {
+        const bad = checkWorkspaceRoot(workspaceRoot)
+        if (bad) errors.push(`workspaceRoot: ${bad}`)
+      }
     }
   }
 
@@ -343,6 +412,11 @@ export const validateFields = (raw: unknown, sys: System = {}): ValidateResult &
           errors.push(`readOnlyPaths[${i}]: ${n} is inside ${managed}, which the sandbox provides itself`)
           return
         }
+        const checked = checkReadOnlyPath(n)
+        if ("error" in checked) {
+          errors.push(`readOnlyPaths[${i}]: ${checked.error}`)
+          return
+        }
         if (seen.includes(n)) warnings.push(`readOnlyPaths[${i}]: ${n} is listed twice`)
         else seen.push(n)
       })
@@ -357,6 +431,9 @@ export const validateFields = (raw: unknown, sys: System = {}): ValidateResult &
   const timeoutMs = int("timeoutMs", 1, 2147483647)
   const runAsUid = int("runAsUid", 0, 4294967294) ?? DEFAULT_RUN_AS
   const runAsGid = int("runAsGid", 0, 4294967294) ?? DEFAULT_RUN_AS
+  // sandboxes as host root would make every escape a root escape: refused, not warned about
+  if (config.runAsUid === 0) errors.push("runAsUid: 0 (root) is refused: sandboxes run as an unprivileged host user (leave it unset for 65534)")
+  if (config.runAsGid === 0) errors.push("runAsGid: 0 (root) is refused: sandboxes run as an unprivileged host group (leave it unset for 65534)")
   const keepOnFailure = bool("keepOnFailure")
   if (memoryMiB < 1024) warnings.push(`memoryMiB: ${memoryMiB} MiB of address space per process is too little for runtimes that reserve large ranges up front (node needs about 1024)`)
 
@@ -635,6 +712,13 @@ export interface BwrapSandbox {
 const passwd = `root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:${SANDBOX_UID}:${SANDBOX_GID}:sandbox:${WORKSPACE}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n`
 const group = `root:x:0:\nsandbox:x:${SANDBOX_GID}:\nnogroup:x:65534:\n`
 
+/** `p` itself is a directory, not a symlink (the lease directory and its workspace and tmp are
+ * checked one by one; what lies above the workspaceRoot is the operator's). */
+export const assertRealDirectory = (p: string): void => {
+  const st = lstatSync(p)
+  if (st.isSymbolicLink() || !st.isDirectory()) throw new Error(`${p} is ${st.isSymbolicLink() ? "a symlink" : "not a directory"}; refusing to bind it into a sandbox`)
+}
+
 /** The bwrap options (passed on fd 3, so the env never shows in a host `ps`). */
 const bwrapOptions = (k: Knobs, tools: Tools, dir: string, cwd: string, env: Readonly<Record<string, string>>): Array<string> => {
   const o: Array<string> = ["--unshare-all"]
@@ -642,7 +726,8 @@ const bwrapOptions = (k: Knobs, tools: Tools, dir: string, cwd: string, env: Rea
   o.push("--unshare-user", "--uid", String(SANDBOX_UID), "--gid", String(SANDBOX_GID))
   if (tools.modern) o.push("--disable-userns")
   o.push("--die-with-parent", "--new-session", "--hostname", SANDBOX_HOSTNAME, "--info-fd", "4")
-  const roots = k.readOnlyPaths
+  // checked again here, whatever config arrives: a path must still resolve inside the allow-list
+  const roots = k.readOnlyPaths.filter((p) => !("error" in checkReadOnlyPath(p)))
   for (const p of roots) {
     let st
     try {
@@ -663,12 +748,15 @@ const bwrapOptions = (k: Knobs, tools: Tools, dir: string, cwd: string, env: Rea
         continue
       }
     }
-    o.push("--ro-bind-try", p, p)
+    // bind what the path resolves to (checked above), so a symlink swapped in later binds nothing else
+    o.push("--ro-bind-try", realPathOf(p), p)
   }
   o.push("--perms", "0644", "--ro-bind-data", "5", "/etc/passwd", "--perms", "0644", "--ro-bind-data", "6", "/etc/group")
   o.push("--dev", "/dev")
   if (tools.modern) o.push("--perms", "1777", "--size", String(k.memoryMiB * 1024 * 1024), "--tmpfs", "/dev/shm")
   o.push("--proc", "/proc")
+  // the lease's own directories, never through a symlink (a planted link would bind elsewhere read-write)
+  for (const d of [dir, workspaceDir(dir), tmpDir(dir)]) assertRealDirectory(d)
   o.push("--bind", workspaceDir(dir), WORKSPACE, "--bind", tmpDir(dir), "/tmp")
   // nothing but /workspace, /tmp (and /dev/shm) is writable: not the root tmpfs, not /dev
   o.push("--remount-ro", "/dev", "--remount-ro", "/")

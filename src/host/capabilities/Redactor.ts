@@ -6,6 +6,9 @@ export class Redactor extends Context.Tag("gantry/Redactor")<Redactor, {
   readonly register: (value: string) => Effect.Effect<void>
   /** Replace every known secret value in `text` with `[REDACTED]`. Plain and synchronous: hot path. */
   readonly redact: (text: string) => string
+  /** Length of the longest end of `text` that begins a known secret (a stream holds it back until
+   * the next chunk shows whether the secret follows). */
+  readonly partialSuffix: (text: string) => number
   /** Deep-redact a JSON-like value. */
   readonly redactValue: <A>(value: A) => A
 }>() {}
@@ -33,7 +36,22 @@ export const make = Effect.sync(() => {
     }
     return value
   }
+  const partialSuffix = (text: string): number => {
+    let best = 0
+    for (const v of sorted) {
+      // the earliest start (longest end) of text, shorter than v, that v begins with
+      const from = text.length - Math.min(v.length - 1, text.length)
+      for (let i = text.indexOf(v[0]!, from); i >= 0 && text.length - i > best; i = text.indexOf(v[0]!, i + 1)) {
+        if (v.startsWith(text.slice(i))) {
+          best = text.length - i
+          break
+        }
+      }
+    }
+    return best
+  }
   return Redactor.of({
+    partialSuffix,
     register: (value) =>
       Effect.sync(() => {
         if (typeof value !== "string" || value.length < MIN_LENGTH || values.has(value)) return

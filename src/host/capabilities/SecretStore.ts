@@ -110,6 +110,8 @@ export const KEY_FILE = "secrets.key"
 const MAX_VALUE_BYTES = 64 * 1024
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
 const CIPHER_PREFIX = "v1."
+const IV_BYTES = 12
+const TAG_BYTES = 16
 
 // ---------------------------------------------------------------------------------------------------
 // Master key
@@ -166,22 +168,24 @@ const aad = (companyId: string, secretId: string, version: number) => Buffer.fro
 
 /** `v1.` + base64(iv ‖ tag ‖ ciphertext); the AAD binds it to its (company, secret, version) row. */
 export const encrypt = (key: Buffer, value: string, companyId: string, secretId: string, version: number): string => {
-  const iv = randomBytes(12)
-  const cipher = createCipheriv("aes-256-gcm", key, iv)
+  const iv = randomBytes(IV_BYTES)
+  const cipher = createCipheriv("aes-256-gcm", key, iv, { authTagLength: TAG_BYTES })
   cipher.setAAD(aad(companyId, secretId, version))
   const body = Buffer.concat([cipher.update(value, "utf8"), cipher.final()])
   return CIPHER_PREFIX + Buffer.concat([iv, cipher.getAuthTag(), body]).toString("base64")
 }
 
-const decrypt = (key: Buffer, stored: string, companyId: string, secretId: string, version: number): Effect.Effect<string, SecretKeyError> =>
+export const decrypt = (key: Buffer, stored: string, companyId: string, secretId: string, version: number): Effect.Effect<string, SecretKeyError> =>
   Effect.try({
     try: () => {
       if (!stored.startsWith(CIPHER_PREFIX)) throw new Error("unknown format")
       const raw = Buffer.from(stored.slice(CIPHER_PREFIX.length), "base64")
-      const decipher = createDecipheriv("aes-256-gcm", key, raw.subarray(0, 12))
+      // a truncated tag would be accepted by setAuthTag (4–16 bytes) and make forgery cheap: pin 16
+      if (raw.length < IV_BYTES + TAG_BYTES) throw new Error("too short")
+      const decipher = createDecipheriv("aes-256-gcm", key, raw.subarray(0, IV_BYTES), { authTagLength: TAG_BYTES })
       decipher.setAAD(aad(companyId, secretId, version))
-      decipher.setAuthTag(raw.subarray(12, 28))
-      return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString("utf8")
+      decipher.setAuthTag(raw.subarray(IV_BYTES, IV_BYTES + TAG_BYTES))
+      return Buffer.concat([decipher.update(raw.subarray(IV_BYTES + TAG_BYTES)), decipher.final()]).toString("utf8")
     },
     catch: () => new SecretKeyError({ message: `secret "${secretId}" version ${version} does not decrypt: wrong secrets key or tampered data` })
   })
