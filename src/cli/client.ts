@@ -271,17 +271,18 @@ const companies = group("companies", "Companies (tenants)", "list | create --nam
 
 // ---- plugins ----
 
+/** A company token sees identity and status only; the operator (admin token) sees everything. */
 const pluginDetails = (p: typeof Plugin.Type) =>
   keyValues([
     ["plugin", `${p.pluginId} ${p.version} (${p.displayName})`],
-    ["status", `${p.status}, worker ${p.workerStatus}${p.pid ? ` (pid ${p.pid})` : ""}, mode ${p.mode}`],
-    ["restarts", `${p.restarts} (crashes in window: ${p.crashesInWindow})`],
-    ["health", p.health === null ? "-" : JSON.stringify(p.health)],
-    ["last error", p.lastError ?? "-"],
+    ["status", p.workerStatus === undefined ? p.status : `${p.status}, worker ${p.workerStatus}${p.pid ? ` (pid ${p.pid})` : ""}, mode ${p.mode}`],
+    ...(p.restarts !== undefined ? [["restarts", `${p.restarts} (crashes in window: ${p.crashesInWindow ?? 0})`] as const] : []),
+    ...(p.health !== undefined ? [["health", p.health === null ? "-" : JSON.stringify(p.health)] as const] : []),
+    ...(p.lastError !== undefined ? [["last error", p.lastError ?? "-"] as const] : []),
     ["capabilities", p.capabilities.join(", ") || "-"],
-    ...(p.inactiveCapabilities.length ? [["inactive", p.inactiveCapabilities.join(", ")] as const] : []),
-    ["methods", p.supportedMethods.join(", ") || "-"],
-    ...(p.ignoredFields.length ? [["ignored fields", p.ignoredFields.join(", ")] as const] : [])
+    ...(p.inactiveCapabilities?.length ? [["inactive", p.inactiveCapabilities.join(", ")] as const] : []),
+    ...(p.supportedMethods !== undefined ? [["methods", p.supportedMethods.join(", ") || "-"] as const] : []),
+    ...(p.ignoredFields?.length ? [["ignored fields", p.ignoredFields.join(", ")] as const] : [])
   ])
 
 const pluginId = arg("pluginId", "Plugin id (see `gantry plugins list`)")
@@ -292,7 +293,7 @@ const plugins = group("plugins", "Installed plugins", "list | get <id> | enable 
       withClient((c) => c.get("/api/plugins")).pipe(Effect.flatMap((raw) =>
         show(o.json, Schema.Array(Plugin), raw, (ps) =>
           table(["ID", "VERSION", "STATUS", "WORKER", "PID", "RESTARTS", "LAST ERROR"],
-            ps.map((p) => [p.pluginId, p.version, p.status, p.workerStatus, p.pid ? String(p.pid) : "-", String(p.restarts), p.lastError ?? "-"])))))),
+            ps.map((p) => [p.pluginId, p.version, p.status, p.workerStatus ?? "-", p.pid ? String(p.pid) : "-", p.restarts === undefined ? "-" : String(p.restarts), p.lastError ?? "-"])))))),
     leaf("get", "Show one plugin: status, health, last error, supported methods", { pluginId }, (o) =>
       withClient((c) => c.get(path("/api/plugins", o.pluginId))).pipe(Effect.flatMap((raw) => show(o.json, Plugin, raw, pluginDetails)))),
     leaf("enable", "Enable and start a plugin (admin token)", { pluginId }, (o) =>

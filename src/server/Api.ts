@@ -38,11 +38,31 @@ export const Run = Schema.Struct({
   error: Schema.NullOr(Schema.String), stdout: Schema.String, stderr: Schema.String, truncated: Schema.Boolean,
   leaseId: Schema.NullOr(Schema.String), createdAt: Schema.String, startedAt: Schema.NullOr(Schema.String), finishedAt: Schema.NullOr(Schema.String)
 })
+/** A plugin. A company token sees only its identity and status (`pluginId`, `version`, `displayName`,
+ * `status`, `capabilities`); the operational fields are the operator's (admin token). */
 export const Plugin = Schema.Struct({
-  pluginId: Schema.String, version: Schema.String, displayName: Schema.String, status: Schema.String, workerStatus: Schema.String,
-  mode: Schema.String, pid: Schema.NullOr(Schema.Number), supportedMethods: Schema.Array(Schema.String),
-  capabilities: Schema.Array(Schema.String), inactiveCapabilities: Schema.Array(Schema.String), ignoredFields: Schema.Array(Schema.String),
-  lastError: Schema.NullOr(Schema.String), health: Schema.NullOr(Json), restarts: Schema.Number, crashesInWindow: Schema.Number
+  pluginId: Schema.String, version: Schema.String, displayName: Schema.String, status: Schema.String, capabilities: Schema.Array(Schema.String),
+  workerStatus: opt(Schema.String), mode: opt(Schema.String), pid: opt(Schema.NullOr(Schema.Number)), supportedMethods: opt(Schema.Array(Schema.String)),
+  inactiveCapabilities: opt(Schema.Array(Schema.String)), ignoredFields: opt(Schema.Array(Schema.String)),
+  lastError: opt(Schema.NullOr(Schema.String)), health: opt(Schema.NullOr(Json)), restarts: opt(Schema.Number), crashesInWindow: opt(Schema.Number)
+})
+export const TokenRole = Schema.Literal("admin", "company", "company-read")
+/** A token as listed: never its value. */
+export const Token = Schema.Struct({
+  id: Schema.String, role: TokenRole, companyId: Schema.NullOr(Schema.String), name: Schema.NullOr(Schema.String), createdAt: Schema.String,
+  lastUsedAt: Schema.NullOr(Schema.String), expiresAt: Schema.NullOr(Schema.String), revokedAt: Schema.NullOr(Schema.String)
+})
+/** A token with its value: answered once, when it is created or rotated. */
+export const TokenWithValue = Schema.Struct({ ...Token.fields, token: Schema.String })
+export const LocalGrant = Schema.Struct({ companyId: Schema.String, granted: Schema.Boolean, grantedAt: Schema.NullOr(Schema.String) })
+export const ProviderPolicy = Schema.Struct({
+  provider: Schema.String,
+  policy: Schema.Struct({ set: JsonObject, allow: Schema.Record({ key: Schema.String, value: Schema.Array(Json) }) }),
+  operatorFields: Schema.Array(Schema.Struct({ field: Schema.String, kind: Schema.Literal("field", "values"), values: opt(Schema.Array(Json)) }))
+})
+export const Health = Schema.Struct({
+  ok: Schema.Boolean, status: Schema.Literal("ok", "degraded"), reason: opt(Schema.String),
+  instanceId: opt(Schema.String), version: opt(Schema.String), database: opt(Schema.String)
 })
 
 // ---- params ----
@@ -51,8 +71,10 @@ const id = HttpApiSchema.param("id", Schema.String)
 const pluginId = HttpApiSchema.param("pluginId", Schema.String)
 
 // ---- groups ----
+/** No token needed: `{ok, status}` (and a generic reason when degraded); with the admin token also the
+ * instance id, version, database and the failure's own message. 503 when degraded. */
 export class HealthGroup extends HttpApiGroup.make("health")
-  .add(HttpApiEndpoint.get("health", "/api/health").addSuccess(Schema.Struct({ ok: Schema.Boolean, instanceId: Schema.String, version: Schema.String, database: Schema.String }))) {}
+  .add(HttpApiEndpoint.get("health", "/api/health").addSuccess(Health).addError(Health, { status: 503 })) {}
 
 export class CompaniesGroup extends HttpApiGroup.make("companies")
   .add((HttpApiEndpoint.get("list", "/api/companies").addSuccess(Schema.Array(Company))))
@@ -61,7 +83,32 @@ export class CompaniesGroup extends HttpApiGroup.make("companies")
   .add((HttpApiEndpoint.put("setDefaultEnvironment")`/api/companies/${companyId}/default-environment`
     .setPayload(strict(Schema.Struct({ environmentId: Schema.NullOr(Schema.String) }))).addSuccess(Company)))
   .add((HttpApiEndpoint.post("createToken")`/api/companies/${companyId}/tokens`
-    .setPayload(strict(Schema.Struct({ name: opt(Schema.String) }))).addSuccess(Schema.Struct({ id: Schema.String, token: Schema.String, companyId: Schema.String }), { status: 201 })))
+    .setPayload(strict(Schema.Struct({
+      name: opt(Schema.String.pipe(Schema.maxLength(200))),
+      role: opt(Schema.Literal("company", "company-read")),
+      expiresAt: opt(Schema.String.annotations({ description: "ISO 8601 date-time in the future; the token stops working then" }))
+    }))).addSuccess(TokenWithValue, { status: 201 })))
+  .middleware(Authentication) {}
+
+/** Token lifecycle: admin token only. */
+export class TokensGroup extends HttpApiGroup.make("tokens")
+  .add((HttpApiEndpoint.get("list", "/api/tokens").setUrlParams(Schema.Struct({ companyId: opt(Schema.String) })).addSuccess(Schema.Array(Token))))
+  .add((HttpApiEndpoint.get("get")`/api/tokens/${id}`.addSuccess(Token)))
+  .add((HttpApiEndpoint.post("revoke")`/api/tokens/${id}/revoke`.addSuccess(Token)))
+  .add((HttpApiEndpoint.post("rotate")`/api/tokens/${id}/rotate`.addSuccess(TokenWithValue)))
+  .middleware(Authentication) {}
+
+const driverKey = HttpApiSchema.param("driverKey", Schema.String)
+const PolicyPayload = strict(Schema.Struct({ set: opt(JsonObject), allow: opt(Schema.Record({ key: Schema.String, value: Schema.Array(Json) })) }))
+/** What only the operator decides: local-driver grants and provider policies. Admin token only. */
+export class OperatorGroup extends HttpApiGroup.make("operator")
+  .add((HttpApiEndpoint.get("localGrants", "/api/local-grants").addSuccess(Schema.Array(LocalGrant))))
+  .add((HttpApiEndpoint.put("grantLocal")`/api/companies/${companyId}/local-grant`.addSuccess(LocalGrant)))
+  .add((HttpApiEndpoint.del("revokeLocal")`/api/companies/${companyId}/local-grant`.addSuccess(LocalGrant)))
+  .add((HttpApiEndpoint.get("policies", "/api/provider-policies").addSuccess(Schema.Array(ProviderPolicy))))
+  .add((HttpApiEndpoint.get("getPolicy")`/api/plugins/${pluginId}/drivers/${driverKey}/policy`.addSuccess(ProviderPolicy)))
+  .add((HttpApiEndpoint.put("setPolicy")`/api/plugins/${pluginId}/drivers/${driverKey}/policy`.setPayload(PolicyPayload).addSuccess(ProviderPolicy)))
+  .add((HttpApiEndpoint.del("clearPolicy")`/api/plugins/${pluginId}/drivers/${driverKey}/policy`.addSuccess(ProviderPolicy)))
   .middleware(Authentication) {}
 
 export class SecretsGroup extends HttpApiGroup.make("secrets")
@@ -160,6 +207,8 @@ export class RuntimeGroup extends HttpApiGroup.make("runtime")
 export class GantryApi extends HttpApi.make("gantry")
   .add(HealthGroup)
   .add(CompaniesGroup)
+  .add(TokensGroup)
+  .add(OperatorGroup)
   .add(SecretsGroup)
   .add(PluginsGroup)
   .add(WebhooksGroup)
