@@ -79,6 +79,14 @@ export class OperatorOnly extends Schema.TaggedError<OperatorOnly>()("OperatorOn
   get status() { return 403 }
 }
 
+/** A policy route named a provider no installed plugin offers. */
+export class ProviderNotInstalled extends Schema.TaggedError<ProviderNotInstalled>()("ProviderNotInstalled", {
+  provider: Schema.String,
+  message: Schema.String
+}) {
+  get status() { return 404 }
+}
+
 /** Who saves a config: the operator (admin token, or server code) or a company (its own token). */
 export type Saver = "operator" | "company"
 export interface SaveOptions {
@@ -166,10 +174,10 @@ export class Environments extends Context.Tag("gantry/Environments")<Environment
   readonly probeConfig: (companyId: string, input: CreateInput, options?: SaveOptions) => Effect.Effect<ProbeReport, EnvironmentInvalid | CompanyNotFound | OperatorOnly>
   readonly probe: (id: string) => Effect.Effect<ProbeReport, EnvironmentNotFound | EnvironmentUnavailable | LocalNotGranted>
   /** The operator's policy of a provider (`"<pluginId>/<driverKey>"` or a bare driver key) and its operator fields. */
-  readonly getPolicy: (provider: string) => Effect.Effect<PolicyView, EnvironmentInvalid>
+  readonly getPolicy: (provider: string) => Effect.Effect<PolicyView, ProviderNotInstalled>
   /** Validate (fields must be the provider's operator fields, values must fit their schema) and store. */
-  readonly setPolicy: (provider: string, input: { readonly set?: Record<string, unknown>; readonly allow?: Record<string, ReadonlyArray<unknown>> }) => Effect.Effect<PolicyView, EnvironmentInvalid>
-  readonly clearPolicy: (provider: string) => Effect.Effect<PolicyView, EnvironmentInvalid>
+  readonly setPolicy: (provider: string, input: { readonly set?: Record<string, unknown>; readonly allow?: Record<string, ReadonlyArray<unknown>> }) => Effect.Effect<PolicyView, EnvironmentInvalid | ProviderNotInstalled>
+  readonly clearPolicy: (provider: string) => Effect.Effect<PolicyView, ProviderNotInstalled>
 }>() {}
 
 export const make = Effect.gen(function* () {
@@ -334,7 +342,7 @@ export const make = Effect.gen(function* () {
     }))
 
   const resolveForPolicy = (provider: string) =>
-    Effect.mapError(providers.resolve(provider), (e) => invalid([`provider: ${e.message}`]))
+    Effect.mapError(providers.resolve(provider), (e) => new ProviderNotInstalled({ provider, message: e.message }))
 
   const sandboxSettings = (env: Environment) =>
     Effect.gen(function* () {
