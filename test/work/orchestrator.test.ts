@@ -63,7 +63,8 @@ for (const db of testDbs) {
         const made = yield* envs.local(ungranted.id)
         expect((yield* Effect.flip(runs.start(ungranted.id, bare.id, { environmentId: made.id })))._tag).toBe("LocalNotGranted")
         yield* (yield* OperatorPolicy).grantLocal(ungranted.id)
-        expect((yield* runIn(bare.id, made.id)).environmentId).toBe(made.id)
+        const granted = yield* runs.await((yield* runs.start(ungranted.id, bare.id, { environmentId: made.id })).id)
+        expect(granted).toMatchObject({ status: "succeeded", environmentId: made.id })
 
         // no default anywhere: local (created on demand), no lease
         expect((yield* envs.select(co.id, {})).name).toBe("local")
