@@ -232,7 +232,7 @@ let routes: Array<Route> = []
 // ---------------------------------------------------------------- set-up
 
 beforeAll(async () => {
-  server = await startServer({ dataDir, env: { GANTRY_SWEEP_INTERVAL_MS: "500" } })
+  server = await startServer({ dataDir, env: { GANTRY_SWEEP_INTERVAL_MS: "500" }, startTimeoutMs: 120_000 })
   adminToken = server.adminToken!
   expect(adminToken).toMatch(/^gantry_admin_/)
   admin = client(server.url, adminToken)
@@ -548,7 +548,7 @@ describe("operator features", () => {
     expect(await new Promise<number | null>((resolve) => bad.once("exit", resolve))).toBe(1)
     expect(existsSync(nowhere)).toBe(false)
 
-    server = await startServer({ dataDir })
+    server = await startServer({ dataDir, startTimeoutMs: 120_000 })
     expect(server.adminToken).toBeUndefined()
     expectError(await request(server.url, "GET", "/api/companies", { token: adminToken }), 401)
     adminToken = newToken!

@@ -35,7 +35,7 @@ describe.skipIf(!pgDb)("health against a database that goes away [pg]", () => {
   it("ok → degraded (503, reason, nothing about the instance) → ok", async () => {
     const db = await pgDb!.create()
     const name = new URL(db.url).pathname.slice(1)
-    const server = await startServer({ dataDir: join(work, "data"), databaseUrl: db.url })
+    const server = await startServer({ dataDir: join(work, "data"), databaseUrl: db.url, startTimeoutMs: 120_000 })
     try {
       expect(ok(await request(server.url, "GET", "/api/health"))).toEqual({ ok: true, status: "ok" })
       expect(ok(await client(server.url, server.adminToken).get("/api/health"))).toMatchObject({ ok: true, status: "ok", database: "pg" })
