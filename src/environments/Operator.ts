@@ -2,7 +2,7 @@
 // driver (a grant per company, default off), and each sandbox provider's policy for the fields of its
 // configSchema that pick host paths, users or host networking (marked `"x-gantry-operator"`).
 import { SqlClient } from "@effect/sql"
-import { Clock, Context, Effect, Layer, Schema } from "effect"
+import { Clock, Context, Effect, Layer } from "effect"
 
 /**
  * An operator policy for one provider (`<pluginId>/<driverKey>`):
@@ -95,8 +95,3 @@ export const make = Effect.gen(function* () {
 
 export const layer = Layer.effect(OperatorPolicy, make)
 
-/** A policy body as the API takes it. */
-export const PolicyBody = Schema.Struct({
-  set: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
-  allow: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Array(Schema.Unknown) }))
-})
