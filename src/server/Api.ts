@@ -96,7 +96,8 @@ export class TokensGroup extends HttpApiGroup.make("tokens")
   .add((HttpApiEndpoint.get("get")`/api/tokens/${id}`.addSuccess(Token)))
   .add((HttpApiEndpoint.post("revoke")`/api/tokens/${id}/revoke`.addSuccess(Token)))
   .add((HttpApiEndpoint.post("rotate")`/api/tokens/${id}/rotate`.addSuccess(TokenWithValue)))
-  .middleware(Authentication) {}
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "Admin token only. Values are shown once (create, rotate); revoked tokens stay listed; the admin token cannot be revoked, only rotated; lastUsedAt is written at most once a minute.") {}
 
 const driverKey = HttpApiSchema.param("driverKey", Schema.String)
 const PolicyPayload = strict(Schema.Struct({ set: opt(JsonObject), allow: opt(Schema.Record({ key: Schema.String, value: Schema.Array(Json) })) }))
@@ -109,7 +110,8 @@ export class OperatorGroup extends HttpApiGroup.make("operator")
   .add((HttpApiEndpoint.get("getPolicy")`/api/plugins/${pluginId}/drivers/${driverKey}/policy`.addSuccess(ProviderPolicy)))
   .add((HttpApiEndpoint.put("setPolicy")`/api/plugins/${pluginId}/drivers/${driverKey}/policy`.setPayload(PolicyPayload).addSuccess(ProviderPolicy)))
   .add((HttpApiEndpoint.del("clearPolicy")`/api/plugins/${pluginId}/drivers/${driverKey}/policy`.addSuccess(ProviderPolicy)))
-  .middleware(Authentication) {}
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "Admin token only. A company runs in a local environment only with a local grant. A policy's `set` may name only the provider's operator fields (configSchema `x-gantry-operator`); `allow` only their operator-only values.") {}
 
 export class SecretsGroup extends HttpApiGroup.make("secrets")
   .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/secrets`.addSuccess(Schema.Array(Secret))))
@@ -141,7 +143,8 @@ export class PluginsGroup extends HttpApiGroup.make("plugins")
     .setPayload(strict(Schema.Struct({ params: opt(JsonObject) }))).addSuccess(Json)))
   .add((HttpApiEndpoint.post("action")`/api/plugins/${pluginId}/companies/${companyId}/actions/${HttpApiSchema.param("key", Schema.String)}`
     .setPayload(strict(Schema.Struct({ params: opt(JsonObject) }))).addSuccess(Json)))
-  .middleware(Authentication) {}
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "A company token sees pluginId, version, displayName, status and capabilities; enable, disable, logs, jobs, job runs, trigger and config/test need the admin token. Config, data and actions: the caller's own company (another company's id answers 404).") {}
 
 /** Plugin webhooks: called by third parties, no bearer token (the plugin verifies signatures). */
 export class WebhooksGroup extends HttpApiGroup.make("webhooks")
@@ -167,7 +170,8 @@ export class EnvironmentsGroup extends HttpApiGroup.make("environments")
   .add((HttpApiEndpoint.del("delete")`/api/environments/${id}`.addSuccess(Schema.Struct({ deleted: Schema.Boolean }))))
   .add((HttpApiEndpoint.post("probe")`/api/environments/${id}/probe`.addSuccess(ProbeReport)))
   .add((HttpApiEndpoint.get("leases")`/api/environments/${id}/leases`.addSuccess(Schema.Array(Lease))))
-  .middleware(Authentication) {}
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "Local environments are created, changed, archived and deleted with the admin token only (403 operator_only). A company config may not set a provider's operator fields (422, field named). Another company's environment answers 404.") {}
 
 const AgentCreate = strict(Schema.Struct({
   name: Schema.String, command: Schema.String, args: opt(Schema.Array(Schema.String)), env: opt(JsonObject),
