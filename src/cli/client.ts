@@ -4,7 +4,7 @@
 import { Args, Command as Cli, Options } from "@effect/cli"
 import { NodeStream } from "@effect/platform-node"
 import { Clock, Config, Console, Data, Duration, Effect, Fiber, Option, Redacted, Schedule, Schema, Stream } from "effect"
-import { Agent, Company, Environment, Lease, Plugin, Run, Secret } from "../server/Api.js"
+import { Agent, Company, Environment, Lease, LocalGrant, Plugin, ProviderPolicy, Run, Secret, Token, TokenWithValue } from "../server/Api.js"
 import { type ClientError, describeError, GantryClient, layer as clientLayer, TransportError } from "./http.js"
 
 export type RunJson = typeof Run.Type
@@ -273,18 +273,19 @@ const companies = group("companies", "Companies (tenants)", "list | create --nam
 
 // ---- plugins ----
 
+/** A company token sees identity and status only; the operator (admin token) sees everything. */
 const pluginDetails = (p: typeof Plugin.Type) =>
   keyValues([
     ["plugin", `${p.pluginId} ${p.version} (${p.displayName})`],
-    ["status", `${p.status}, worker ${p.workerStatus}${p.pid ? ` (pid ${p.pid})` : ""}, mode ${p.mode}`],
-    ["restarts", `${p.restarts} (crashes in window: ${p.crashesInWindow})`],
-    ["isolation", p.isolation === "unsandboxed" ? "unsandboxed (WARNING: the worker has the host's files and network)" : p.isolation ?? "-"],
-    ["health", p.health === null ? "-" : JSON.stringify(p.health)],
-    ["last error", p.lastError ?? "-"],
+    ["status", p.workerStatus === undefined ? p.status : `${p.status}, worker ${p.workerStatus}${p.pid ? ` (pid ${p.pid})` : ""}, mode ${p.mode}`],
+    ...(p.restarts !== undefined ? [["restarts", `${p.restarts} (crashes in window: ${p.crashesInWindow ?? 0})`] as const] : []),
+    ...(p.isolation !== undefined ? [["isolation", p.isolation === "unsandboxed" ? "unsandboxed (WARNING: the worker has the host's files and network)" : p.isolation ?? "-"] as const] : []),
+    ...(p.health !== undefined ? [["health", p.health === null ? "-" : JSON.stringify(p.health)] as const] : []),
+    ...(p.lastError !== undefined ? [["last error", p.lastError ?? "-"] as const] : []),
     ["capabilities", p.capabilities.join(", ") || "-"],
-    ...(p.inactiveCapabilities.length ? [["inactive", p.inactiveCapabilities.join(", ")] as const] : []),
-    ["methods", p.supportedMethods.join(", ") || "-"],
-    ...(p.ignoredFields.length ? [["ignored fields", p.ignoredFields.join(", ")] as const] : [])
+    ...(p.inactiveCapabilities?.length ? [["inactive", p.inactiveCapabilities.join(", ")] as const] : []),
+    ...(p.supportedMethods !== undefined ? [["methods", p.supportedMethods.join(", ") || "-"] as const] : []),
+    ...(p.ignoredFields?.length ? [["ignored fields", p.ignoredFields.join(", ")] as const] : [])
   ])
 
 const pluginId = arg("pluginId", "Plugin id (see `gantry plugins list`)")
@@ -295,7 +296,7 @@ const plugins = group("plugins", "Installed plugins", "list | get <id> | enable 
       withClient((c) => c.get("/api/plugins")).pipe(Effect.flatMap((raw) =>
         show(o.json, Schema.Array(Plugin), raw, (ps) =>
           table(["ID", "VERSION", "STATUS", "WORKER", "PID", "RESTARTS", "LAST ERROR"],
-            ps.map((p) => [p.pluginId, p.version, p.status, p.workerStatus, p.pid ? String(p.pid) : "-", String(p.restarts), p.lastError ?? "-"])))))),
+            ps.map((p) => [p.pluginId, p.version, p.status, p.workerStatus ?? "-", p.pid ? String(p.pid) : "-", p.restarts === undefined ? "-" : String(p.restarts), p.lastError ?? "-"])))))),
     leaf("get", "Show one plugin: status, health, last error, supported methods", { pluginId }, (o) =>
       withClient((c) => c.get(path("/api/plugins", o.pluginId))).pipe(Effect.flatMap((raw) => show(o.json, Plugin, raw, pluginDetails)))),
     leaf("enable", "Enable and start a plugin (admin token)", { pluginId }, (o) =>
@@ -567,4 +568,126 @@ const runs = group("runs", "Runs: list, inspect, follow, cancel", "list <company
   ])
 )
 
-export const commands = [companies, plugins, secrets, env, agents, runCommand, runs]
+// ---- tokens (admin token) ----
+
+const tokenRows = (ts: ReadonlyArray<typeof Token.Type>) =>
+  table(["ID", "ROLE", "COMPANY", "NAME", "CREATED", "LAST USED", "EXPIRES", "REVOKED"],
+    ts.map((t) => [t.id, t.role, t.companyId ?? "-", t.name ?? "-", iso(t.createdAt), iso(t.lastUsedAt), iso(t.expiresAt), iso(t.revokedAt)]))
+
+/** `30d`, `12h`, `45m`, `90s` → milliseconds. */
+const parseDuration = (text: string): Effect.Effect<number, TransportError> => {
+  const m = /^(\d+)\s*([smhdw])$/.exec(text.trim())
+  const unit: Record<string, number> = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }
+  return m ? Effect.succeed(Number(m[1]) * unit[m[2]!]!) : Effect.fail(new TransportError({ url: "", message: `--expires-in expects a number and a unit (s, m, h, d, w), got "${text}"` }))
+}
+
+const tokenId = arg("tokenId", "Token id (see `gantry tokens list`)")
+const shownOnce = (t: typeof TokenWithValue.Type, what: string) =>
+  `${what} ${t.id} (${t.role}${t.companyId ? ` for company ${t.companyId}` : ""}${t.expiresAt ? `, expires ${iso(t.expiresAt)}` : ""})\n` +
+  `token (shown once, stored hashed; keep it): ${t.token}`
+
+const rotateAdmin = Cli.make("rotate-admin", {
+  dataDir: Options.text("data-dir").pipe(Options.withFallbackConfig(Config.string("GANTRY_DATA_DIR")), Options.withDefault(".gantry"),
+    Options.withDescription("The instance's data dir (GANTRY_DATA_DIR; default .gantry)")),
+  databaseUrl: Options.text("database-url").pipe(Options.withFallbackConfig(Config.string("GANTRY_DATABASE_URL")), Options.optional,
+    Options.withDescription("postgres://… when the instance runs on PostgreSQL (GANTRY_DATABASE_URL)"))
+}, (o) =>
+  // works on the database directly (no server needed): the way back in when the admin token is lost
+  Effect.flatMap(Effect.promise(() => import("./offline.js")), ({ rotateAdminToken }) =>
+    rotateAdminToken({ dataDir: o.dataDir, databaseUrl: Option.getOrUndefined(o.databaseUrl) })).pipe(
+    Effect.flatMap((token) => Console.log(`new admin token (shown once, stored hashed; the old one no longer works): ${token}`)),
+    Effect.catchAll((e) => Effect.zipRight(write("stderr", `gantry: error: could not rotate the admin token: ${e.message}\n`), setExitCode(1)))
+  )).pipe(Cli.withDescription("Replace the admin token, working on the data dir / database directly (no server, no admin token needed); prints the new token once"))
+
+const tokens = group("tokens", "API tokens: list, create, revoke, rotate (admin token)", "list [--company <id>] | create <companyId> [--role company|company-read] [--expires-in 30d] | get | revoke | rotate <tokenId> | rotate-admin --data-dir <dir>").pipe(
+  Cli.withSubcommands([
+    leaf("list", "List tokens (never their values): role, company, last use, expiry, revocation", {
+      company: Options.text("company").pipe(Options.optional, Options.withDescription("Only this company's tokens"))
+    }, (o) =>
+      withClient((c) => c.get("/api/tokens", { companyId: Option.getOrUndefined(o.company) })).pipe(
+        Effect.flatMap((raw) => show(o.json, Schema.Array(Token), raw, tokenRows)))),
+    leaf("create", "Create a company token; prints it once", {
+      companyId,
+      name: Options.text("name").pipe(Options.optional, Options.withDescription("A label (who or what uses it)")),
+      role: Options.choice("role", ["company", "company-read"]).pipe(Options.withDefault("company" as const),
+        Options.withDescription("company (read-write, default) or company-read (GET only)")),
+      expiresIn: Options.text("expires-in").pipe(Options.optional, Options.withDescription("Expire after this long: 90s, 45m, 12h, 30d, 2w"))
+    }, (o) =>
+      Effect.gen(function* () {
+        const ms = Option.isSome(o.expiresIn) ? yield* parseDuration(o.expiresIn.value) : undefined
+        const now = yield* Clock.currentTimeMillis
+        const raw = yield* withClient((c) => c.post(path("/api/companies", o.companyId, "tokens"), {
+          role: o.role,
+          ...(Option.isSome(o.name) ? { name: o.name.value } : {}),
+          ...(ms !== undefined ? { expiresAt: new Date(now + ms).toISOString() } : {})
+        }))
+        yield* show(o.json, TokenWithValue, raw, (t) => shownOnce(t, "token created:"))
+      })),
+    leaf("get", "Show one token (never its value)", { tokenId }, (o) =>
+      withClient((c) => c.get(path("/api/tokens", o.tokenId))).pipe(Effect.flatMap((raw) => show(o.json, Token, raw, (t) => tokenRows([t]))))),
+    leaf("revoke", "Revoke a token: it stops working at once (it stays listed)", { tokenId }, (o) =>
+      withClient((c) => c.post(path("/api/tokens", o.tokenId, "revoke"))).pipe(
+        Effect.flatMap((raw) => show(o.json, Token, raw, (t) => `token ${t.id} revoked at ${iso(t.revokedAt)}`)))),
+    leaf("rotate", "A new value for a token (same id, role, company, expiry); the old value stops working; prints it once", { tokenId }, (o) =>
+      withClient((c) => c.post(path("/api/tokens", o.tokenId, "rotate"))).pipe(
+        Effect.flatMap((raw) => show(o.json, TokenWithValue, raw, (t) => shownOnce(t, "token rotated:"))))),
+    rotateAdmin
+  ])
+)
+
+// ---- operator: local-driver grants and provider policies (admin token) ----
+
+const localGrants = group("local-grants", "Which companies may run in local environments (on the host); admin token", "list | grant <companyId> | revoke <companyId>").pipe(
+  Cli.withSubcommands([
+    leaf("list", "Companies granted the local driver", {}, (o) =>
+      withClient((c) => c.get("/api/local-grants")).pipe(Effect.flatMap((raw) =>
+        show(o.json, Schema.Array(LocalGrant), raw, (gs) => table(["COMPANY", "GRANTED"], gs.map((g) => [g.companyId, iso(g.grantedAt)])))))),
+    leaf("grant", "Let a company run in local environments (its commands run on this host as the server's user)", { companyId }, (o) =>
+      withClient((c) => c.put(path("/api/companies", o.companyId, "local-grant"))).pipe(
+        Effect.flatMap((raw) => show(o.json, LocalGrant, raw, (g) => `company ${g.companyId} may run in local environments (granted ${iso(g.grantedAt)})`)))),
+    leaf("revoke", "Take the local driver away from a company (its local runs are refused from now on)", { companyId }, (o) =>
+      withClient((c) => c.del(path("/api/companies", o.companyId, "local-grant"))).pipe(
+        Effect.flatMap((raw) => show(o.json, LocalGrant, raw, (g) => `company ${g.companyId} may not run in local environments`))))
+  ])
+)
+
+const providerArg = arg("provider", "Sandbox provider as <pluginId>/<driverKey>, e.g. bwrap-sandbox/bwrap")
+const providerPath = (provider: string, ...rest: ReadonlyArray<string>) => {
+  const [pluginId, driverKey] = provider.split("/", 2)
+  return !pluginId || !driverKey
+    ? Effect.fail(new TransportError({ url: "", message: `provider must be <pluginId>/<driverKey>, got "${provider}"` }))
+    : Effect.succeed(path("/api/plugins", pluginId, "drivers", driverKey, "policy", ...rest))
+}
+const policyText = (p: typeof ProviderPolicy.Type) =>
+  keyValues([
+    ["provider", p.provider],
+    ["set", JSON.stringify(p.policy.set)],
+    ["allow", JSON.stringify(p.policy.allow)],
+    ["operator fields", p.operatorFields.map((f) => (f.kind === "field" ? f.field : `${f.field} (values ${JSON.stringify(f.values)})`)).join(", ") || "-"]
+  ])
+
+const policies = group("policies", "Operator policies of sandbox providers (host paths, users, host network); admin token", "list | get <provider> | set <provider> [--set '<json>'] [--allow '<json>'] | clear <provider>").pipe(
+  Cli.withSubcommands([
+    leaf("list", "Every stored provider policy", {}, (o) =>
+      withClient((c) => c.get("/api/provider-policies")).pipe(Effect.flatMap((raw) =>
+        show(o.json, Schema.Array(ProviderPolicy), raw, (ps) => (ps.length === 0 ? "(none)" : ps.map(policyText).join("\n\n")))))),
+    leaf("get", "A provider's policy and its operator fields", { provider: providerArg }, (o) =>
+      Effect.flatMap(providerPath(o.provider), (p) => withClient((c) => c.get(p))).pipe(Effect.flatMap((raw) => show(o.json, ProviderPolicy, raw, policyText)))),
+    leaf("set", "Replace a provider's policy", {
+      provider: providerArg,
+      set: Options.text("set").pipe(Options.withDefault("{}"), Options.withDescription(`Operator field values merged into every config the provider gets, e.g. '{"workspaceRoot":"/srv/gantry-bwrap","runAsUid":1500}'`)),
+      allow: Options.text("allow").pipe(Options.withDefault("{}"), Options.withDescription(`Operator-only values companies may choose, e.g. '{"network":["host"]}'`))
+    }, (o) =>
+      Effect.gen(function* () {
+        const set = yield* parseJsonOption("set", o.set)
+        const allow = yield* parseJsonOption("allow", o.allow)
+        const p = yield* providerPath(o.provider)
+        const raw = yield* withClient((c) => c.put(p, { set, allow }))
+        yield* show(o.json, ProviderPolicy, raw, policyText)
+      })),
+    leaf("clear", "Remove a provider's policy", { provider: providerArg }, (o) =>
+      Effect.flatMap(providerPath(o.provider), (p) => withClient((c) => c.del(p))).pipe(Effect.flatMap((raw) => show(o.json, ProviderPolicy, raw, policyText))))
+  ])
+)
+
+export const commands = [companies, plugins, secrets, env, agents, runCommand, runs, tokens, localGrants, policies]

@@ -9,6 +9,7 @@ import { Companies, type CompanyNotFound } from "../work/Companies.js"
 import { CapabilityStores } from "../host/Stores.js"
 import { Executor } from "./Execution.js"
 import { defaultPolicy, Leases, type LeasePolicy } from "./Leases.js"
+import { OperatorPolicy, operatorFields, sameJson, type ProviderPolicy } from "./Operator.js"
 import { Providers, type ProviderInfo } from "./Provider.js"
 
 export type Driver = "local" | "sandbox"
@@ -55,6 +56,41 @@ export class EnvironmentInUse extends Schema.TaggedError<EnvironmentInUse>()("En
   message: Schema.String
 }) {
   get status() { return 409 }
+}
+
+/** A local environment picked for a run of a company the operator has not granted the local driver. */
+export class LocalNotGranted extends Schema.TaggedError<LocalNotGranted>()("LocalNotGranted", {
+  companyId: Schema.String,
+  message: Schema.String
+}) {
+  get status() { return 403 }
+}
+/** Nothing selected and no local grant to fall back on: the run has nowhere to go. */
+export class NoEnvironment extends Schema.TaggedError<NoEnvironment>()("NoEnvironment", {
+  companyId: Schema.String,
+  message: Schema.String
+}) {
+  get status() { return 422 }
+}
+/** A company asked for something only the operator (admin token) may do. */
+export class OperatorOnly extends Schema.TaggedError<OperatorOnly>()("OperatorOnly", {
+  message: Schema.String
+}) {
+  get status() { return 403 }
+}
+
+/** A policy route named a provider no installed plugin offers. */
+export class ProviderNotInstalled extends Schema.TaggedError<ProviderNotInstalled>()("ProviderNotInstalled", {
+  provider: Schema.String,
+  message: Schema.String
+}) {
+  get status() { return 404 }
+}
+
+/** Who saves a config: the operator (admin token, or server code) or a company (its own token). */
+export type Saver = "operator" | "company"
+export interface SaveOptions {
+  readonly actor?: Saver
 }
 
 /** Host-owned fields of a sandbox config; every other field belongs to the provider. */
@@ -113,23 +149,35 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "obj
 const isStringMap = (u: unknown): u is Record<string, string> => isRecord(u) && Object.values(u).every((v) => typeof v === "string")
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/
 
+export interface PolicyView {
+  readonly provider: string
+  readonly policy: ProviderPolicy
+  /** The provider's operator fields: `field` (only the operator sets it) or `values` (these values need the policy's allow). */
+  readonly operatorFields: ReadonlyArray<{ readonly field: string; readonly kind: "field" | "values"; readonly values?: ReadonlyArray<unknown> }>
+}
+
 export class Environments extends Context.Tag("gantry/Environments")<Environments, {
-  readonly create: (companyId: string, input: CreateInput) => Effect.Effect<Environment, EnvironmentInvalid | EnvironmentConflict | CompanyNotFound>
+  readonly create: (companyId: string, input: CreateInput, options?: SaveOptions) => Effect.Effect<Environment, EnvironmentInvalid | EnvironmentConflict | CompanyNotFound | OperatorOnly>
   readonly get: (id: string) => Effect.Effect<Environment, EnvironmentNotFound>
   readonly list: (companyId: string, options?: { readonly includeArchived?: boolean }) => Effect.Effect<ReadonlyArray<Environment>, CompanyNotFound>
-  readonly patch: (id: string, input: PatchInput) => Effect.Effect<Environment, EnvironmentNotFound | EnvironmentInvalid | EnvironmentConflict>
+  readonly patch: (id: string, input: PatchInput, options?: SaveOptions) => Effect.Effect<Environment, EnvironmentNotFound | EnvironmentInvalid | EnvironmentConflict | OperatorOnly>
   readonly archive: (id: string) => Effect.Effect<Environment, EnvironmentNotFound>
   readonly remove: (id: string) => Effect.Effect<void, EnvironmentNotFound | EnvironmentInUse>
   /** The company's `local` environment, created on demand. */
   readonly local: (companyId: string) => Effect.Effect<Environment, CompanyNotFound>
-  /** First that is set: explicit → agent default → company default → local. */
+  /** First that is set: explicit → agent default → company default → local (a local one only with the operator's grant). */
   readonly select: (companyId: string, candidates: { readonly explicit?: string | null; readonly agentDefault?: string | null }) =>
-    Effect.Effect<Environment, EnvironmentNotFound | EnvironmentUnavailable | CompanyNotFound>
+    Effect.Effect<Environment, EnvironmentNotFound | EnvironmentUnavailable | CompanyNotFound | LocalNotGranted | NoEnvironment>
   /** Resolve a sandbox environment's provider and split its config (422 if the provider is gone). */
   readonly sandboxSettings: (env: Environment) => Effect.Effect<SandboxSettings, EnvironmentUnavailable>
   /** Probe an unsaved config (`environmentProbe`) or a saved environment (a real lease cycle). */
-  readonly probeConfig: (companyId: string, input: CreateInput) => Effect.Effect<ProbeReport, EnvironmentInvalid | CompanyNotFound>
-  readonly probe: (id: string) => Effect.Effect<ProbeReport, EnvironmentNotFound | EnvironmentUnavailable>
+  readonly probeConfig: (companyId: string, input: CreateInput, options?: SaveOptions) => Effect.Effect<ProbeReport, EnvironmentInvalid | CompanyNotFound | OperatorOnly>
+  readonly probe: (id: string) => Effect.Effect<ProbeReport, EnvironmentNotFound | EnvironmentUnavailable | LocalNotGranted>
+  /** The operator's policy of a provider (`"<pluginId>/<driverKey>"` or a bare driver key) and its operator fields. */
+  readonly getPolicy: (provider: string) => Effect.Effect<PolicyView, ProviderNotInstalled>
+  /** Validate (fields must be the provider's operator fields, values must fit their schema) and store. */
+  readonly setPolicy: (provider: string, input: { readonly set?: Record<string, unknown>; readonly allow?: Record<string, ReadonlyArray<unknown>> }) => Effect.Effect<PolicyView, EnvironmentInvalid | ProviderNotInstalled>
+  readonly clearPolicy: (provider: string) => Effect.Effect<PolicyView, ProviderNotInstalled>
 }>() {}
 
 export const make = Effect.gen(function* () {
@@ -139,6 +187,8 @@ export const make = Effect.gen(function* () {
   const leases = yield* Leases
   const executor = yield* Executor
   const stores = yield* CapabilityStores
+  const operator = yield* OperatorPolicy
+  const providerKey = (p: ProviderInfo) => `${p.pluginId}/${p.driverKey}`
 
   const emit = (eventType: string, env: Environment) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
@@ -162,8 +212,16 @@ export const make = Effect.gen(function* () {
   const invalid = (errors: ReadonlyArray<string>) =>
     new EnvironmentInvalid({ message: `invalid environment: ${errors.join("; ")}`, errors })
 
-  /** Validate a config for its driver; returns the config to store (normalized by the provider). */
-  const validateConfig = (companyId: string, driver: unknown, config: unknown) =>
+  /** The provider part of a stored config with the operator's policy merged in: what the provider gets. */
+  const effectiveProviderConfig = (provider: ProviderInfo, providerPart: Record<string, unknown>) =>
+    Effect.map(operator.policy(providerKey(provider)), (policy) => ({ ...providerPart, ...policy.set }))
+
+  /**
+   * Validate a config for its driver; returns the config to store (normalized by the provider). A
+   * company may not set the provider's operator fields (nor their operator-only values, unless the
+   * policy allows them); keeping a value already saved (`previous`) is not setting it.
+   */
+  const validateConfig = (companyId: string, driver: unknown, config: unknown, actor: Saver = "operator", previous?: Record<string, unknown>) =>
     Effect.gen(function* () {
       if (driver !== "local" && driver !== "sandbox") return yield* invalid([`driver: must be "local" or "sandbox"`])
       const cfg = config === undefined ? {} : config
@@ -189,7 +247,22 @@ export const make = Effect.gen(function* () {
       const provider = yield* Effect.mapError(providers.resolve(cfg.provider as string), (e) => invalid([`config.provider: ${e.message}`]))
       const providerPart: Record<string, unknown> = {}
       for (const [k, v] of Object.entries(cfg)) if (!(HOST_FIELDS as ReadonlyArray<string>).includes(k)) providerPart[k] = v
-      const schemaErrors = validateAgainst(provider.configSchema, providerPart)
+      const policy = yield* operator.policy(providerKey(provider))
+      if (actor === "company") {
+        for (const [k, mark] of operatorFields(provider.configSchema)) {
+          const v = providerPart[k]
+          if (v === undefined || (previous !== undefined && sameJson(previous[k], v))) continue
+          if (mark._tag === "field") {
+            errors.push(`config.${k}: set by the operator's policy for ${providerKey(provider)}, not by a company`)
+          } else if (mark.values.some((x) => sameJson(x, v)) && !(policy.allow[k] ?? []).some((x) => sameJson(x, v))) {
+            errors.push(`config.${k}: ${JSON.stringify(v)} needs the operator's permission (allow.${k} in the policy for ${providerKey(provider)})`)
+          }
+        }
+        if (errors.length > 0) return yield* invalid(errors)
+      }
+      // the provider validates what it will get: the company's part with the policy merged in
+      const effective = { ...providerPart, ...policy.set }
+      const schemaErrors = validateAgainst(provider.configSchema, effective)
       if (schemaErrors.length > 0) return yield* invalid(schemaErrors.map((e) => `config${e === "/" ? "" : e.startsWith("/") ? e.replace(/^\//, ".").replace(/\//g, ".") : `: ${e}`}`))
       // secret refs must name secrets of this company (SPEC §14: never another company's)
       for (const ref of secretRefPaths(providerPart)) {
@@ -197,9 +270,9 @@ export const make = Effect.gen(function* () {
         if (owner.length === 0 || owner[0]!.company_id !== companyId) errors.push(`config.${ref.path}: secret "${ref.secretId}" not found in this company`)
       }
       if (errors.length > 0) return yield* invalid(errors)
-      let normalized = providerPart
+      let normalized = effective
       if (provider.supportedMethods.includes("environmentValidateConfig")) {
-        const r = (yield* providers.call(provider.pluginId, "environmentValidateConfig", { driverKey: provider.driverKey, config: providerPart }, { companyId }).pipe(
+        const r = (yield* providers.call(provider.pluginId, "environmentValidateConfig", { driverKey: provider.driverKey, config: effective }, { companyId }).pipe(
           Effect.mapError((e) => invalid([`provider validation failed: ${e.message}`]))
         )) as { ok?: boolean; errors?: Array<string>; normalizedConfig?: Record<string, unknown> } | null
         if (!r || r.ok === false) return yield* invalid(r?.errors && r.errors.length > 0 ? r.errors.map((e) => `provider: ${e}`) : ["provider: config rejected"])
@@ -210,10 +283,13 @@ export const make = Effect.gen(function* () {
           normalized = r.normalizedConfig
         }
       }
+      // the policy's values are not stored: a later policy change reaches every environment
+      const stored: Record<string, unknown> = {}
+      for (const [k, v] of Object.entries(normalized)) if (!(k in policy.set) || k in providerPart) stored[k] = v
       const hostPart: Record<string, unknown> = {}
       for (const k of HOST_FIELDS) if (cfg[k] !== undefined) hostPart[k] = cfg[k]
       hostPart.provider = `${provider.pluginId}/${provider.driverKey}`
-      return { ...normalized, ...hostPart }
+      return { ...stored, ...hostPart }
     })
 
   const checkName = (name: unknown): Effect.Effect<string, EnvironmentInvalid> =>
@@ -249,13 +325,38 @@ export const make = Effect.gen(function* () {
       )
     })
 
+  const localIsTheOperators = new OperatorOnly({
+    message: "local environments run on the host: only the operator (admin token) creates or changes them; a company runs in one when the operator grants it"
+  })
+
+  const requireLocalGrant = (companyId: string, env: Environment) =>
+    Effect.flatMap(operator.localGranted(companyId), (granted) => granted
+      ? Effect.void
+      : Effect.fail(new LocalNotGranted({
+        companyId,
+        message: `environment "${env.name}" is local (it runs on the host) and the operator has not granted company "${companyId}" the local driver ` +
+          `(gantry local-grants grant ${companyId})`
+      })))
+
+  const policyView = (provider: ProviderInfo): Effect.Effect<PolicyView> =>
+    Effect.map(operator.policy(providerKey(provider)), (policy) => ({
+      provider: providerKey(provider),
+      policy,
+      operatorFields: [...operatorFields(provider.configSchema)].map(([field, m]) =>
+        m._tag === "field" ? { field, kind: "field" as const } : { field, kind: "values" as const, values: m.values })
+    }))
+
+  const resolveForPolicy = (provider: string) =>
+    Effect.mapError(providers.resolve(provider), (e) => new ProviderNotInstalled({ provider, message: e.message }))
+
   const sandboxSettings = (env: Environment) =>
     Effect.gen(function* () {
       const c = env.config
       const provider = yield* Effect.mapError(providers.resolve(String(c.provider)), (e) =>
         new EnvironmentUnavailable({ environmentId: env.id, message: `environment "${env.name}": ${e.message}` }))
-      const providerConfig: Record<string, unknown> = {}
-      for (const [k, v] of Object.entries(c)) if (!(HOST_FIELDS as ReadonlyArray<string>).includes(k)) providerConfig[k] = v
+      const providerPart: Record<string, unknown> = {}
+      for (const [k, v] of Object.entries(c)) if (!(HOST_FIELDS as ReadonlyArray<string>).includes(k)) providerPart[k] = v
+      const providerConfig = yield* effectiveProviderConfig(provider, providerPart)
       return {
         provider,
         providerConfig,
@@ -284,12 +385,13 @@ export const make = Effect.gen(function* () {
     })
 
   return Environments.of({
-    create: Effect.fn("Environments.create")(function* (companyId, input) {
+    create: Effect.fn("Environments.create")(function* (companyId, input, options) {
       yield* companies.get(companyId)
       if (!isRecord(input)) return yield* invalid(["body: must be an object"])
+      if (input.driver === "local" && options?.actor === "company") return yield* localIsTheOperators
       const name = yield* checkName(input.name)
       if (input.description !== undefined && input.description !== null && typeof input.description !== "string") return yield* invalid(["description: must be a string"])
-      const config = yield* validateConfig(companyId, input.driver, input.config)
+      const config = yield* validateConfig(companyId, input.driver, input.config, options?.actor)
       return yield* insert(companyId, name, input.description ?? null, input.driver, config)
     }),
     get,
@@ -301,12 +403,13 @@ export const make = Effect.gen(function* () {
           Effect.map((rows) => rows.map(toEnv)),
           Effect.orDie
         )),
-    patch: Effect.fn("Environments.patch")(function* (id, input) {
+    patch: Effect.fn("Environments.patch")(function* (id, input, options) {
       const env = yield* get(id)
       if (!isRecord(input)) return yield* invalid(["body: must be an object"])
+      if (env.driver === "local" && options?.actor === "company") return yield* localIsTheOperators
       const name = input.name === undefined ? env.name : yield* checkName(input.name)
       if (input.description !== undefined && input.description !== null && typeof input.description !== "string") return yield* invalid(["description: must be a string"])
-      const config = input.config === undefined ? env.config : yield* validateConfig(env.companyId, env.driver, input.config)
+      const config = input.config === undefined ? env.config : yield* validateConfig(env.companyId, env.driver, input.config, options?.actor, env.config)
       if (name !== env.name) {
         const dup = yield* sql`SELECT id FROM environments WHERE company_id = ${env.companyId} AND name = ${name} AND id <> ${id}`.pipe(Effect.orDie)
         if (dup.length > 0) return yield* new EnvironmentConflict({ message: `an environment named "${name}" already exists in this company` })
@@ -345,22 +448,35 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         const company = yield* companies.get(companyId)
         const chosen = c.explicit ?? c.agentDefault ?? company.defaultEnvironmentId ?? null
-        if (chosen === null) return yield* local(companyId)
+        if (chosen === null) {
+          // the implicit fallback: nothing is created unless the operator granted the local driver
+          if (!(yield* operator.localGranted(companyId))) {
+            return yield* new NoEnvironment({
+              companyId,
+              message: `company "${companyId}" has no environment to run in: choose one for the run, the agent or the company, ` +
+                `or have the operator grant it the local driver (gantry local-grants grant ${companyId})`
+            })
+          }
+          return yield* local(companyId)
+        }
         const env = yield* get(chosen)
         if (env.companyId !== companyId) return yield* new EnvironmentNotFound({ environmentId: chosen, message: `environment "${chosen}" not found` })
         if (env.status === "archived") return yield* new EnvironmentUnavailable({ environmentId: env.id, message: `environment "${env.name}" is archived` })
+        if (env.driver === "local") yield* requireLocalGrant(companyId, env)
         if (env.driver === "sandbox") yield* sandboxSettings(env)
         return env
       }),
     sandboxSettings,
-    probeConfig: (companyId, input) =>
+    probeConfig: (companyId, input, options) =>
       Effect.gen(function* () {
         yield* companies.get(companyId)
-        const config = yield* validateConfig(companyId, input.driver, input.config)
+        if (isRecord(input) && input.driver === "local" && options?.actor === "company") return yield* localIsTheOperators
+        const config = yield* validateConfig(companyId, input.driver, input.config, options?.actor)
         if (input.driver === "local") return { ok: true, summary: "local environment: commands run on this host", steps: [] }
         const provider = yield* Effect.mapError(providers.resolve(String(config.provider)), (e) => invalid([e.message]))
-        const providerConfig: Record<string, unknown> = {}
-        for (const [k, v] of Object.entries(config)) if (!(HOST_FIELDS as ReadonlyArray<string>).includes(k)) providerConfig[k] = v
+        const providerPart: Record<string, unknown> = {}
+        for (const [k, v] of Object.entries(config)) if (!(HOST_FIELDS as ReadonlyArray<string>).includes(k)) providerPart[k] = v
+        const providerConfig = yield* effectiveProviderConfig(provider, providerPart)
         if (!provider.supportedMethods.includes("environmentProbe")) return { ok: true, summary: "config valid (the provider has no probe)", steps: [] }
         const steps: Array<ProbeStep> = []
         const r = yield* step("probe", providers.call(provider.pluginId, "environmentProbe", {
@@ -376,6 +492,7 @@ export const make = Effect.gen(function* () {
         if (env.status === "archived") return yield* new EnvironmentUnavailable({ environmentId: id, message: `environment "${env.name}" is archived` })
         const steps: Array<ProbeStep> = []
         if (env.driver === "local") {
+          yield* requireLocalGrant(env.companyId, env)
           const r = yield* step("execute true", executor.execute({ _tag: "local", cwd: "/" }, { command: "true", env: {}, timeoutMs: 10_000 }), steps, (x) => `exit ${x.exitCode}`)
           const ok = r._tag === "Right" && r.right.exitCode === 0
           return { ok, summary: ok ? "local: ok" : "local: `true` failed", steps }
@@ -400,6 +517,50 @@ export const make = Effect.gen(function* () {
           : { step: "release", ok: false, ms: (yield* Clock.currentTimeMillis) - t0, detail: `lease status ${lease?.status ?? "unknown"}${lease?.failureReason ? `: ${lease.failureReason}` : ""}` })
         const ok = execOk && released
         return { ok, summary: ok ? `sandbox ${s.provider.pluginId}/${s.provider.driverKey}: acquire → execute → release ok` : "sandbox probe failed", steps }
+      }),
+    getPolicy: (provider) => Effect.flatMap(resolveForPolicy(provider), policyView),
+    setPolicy: (provider, input) =>
+      Effect.gen(function* () {
+        const p = yield* resolveForPolicy(provider)
+        const marks = operatorFields(p.configSchema)
+        const errors: Array<string> = []
+        if (!isRecord(input)) return yield* invalid(["body: must be an object"])
+        const set = input.set ?? {}
+        const allow = input.allow ?? {}
+        if (!isRecord(set)) errors.push("set: must be an object")
+        if (!isRecord(allow)) errors.push("allow: must be an object")
+        if (errors.length > 0) return yield* invalid(errors)
+        const props = (isRecord(p.configSchema.properties) ? p.configSchema.properties : {}) as Record<string, Record<string, unknown>>
+        for (const [k, v] of Object.entries(set)) {
+          if (!marks.has(k)) {
+            errors.push(`set.${k}: not an operator field of ${providerKey(p)} (operator fields: ${[...marks.keys()].join(", ") || "none"})`)
+            continue
+          }
+          for (const e of validateAgainst({ type: "object", properties: { [k]: props[k] ?? {} } }, { [k]: v })) {
+            errors.push(`set${e.replace(/^\//, ".").replace(/\//g, ".")}`)
+          }
+        }
+        for (const [k, values] of Object.entries(allow)) {
+          const mark = marks.get(k)
+          if (!mark || mark._tag !== "values") {
+            errors.push(`allow.${k}: not a field with operator-only values in ${providerKey(p)}`)
+            continue
+          }
+          if (!Array.isArray(values)) {
+            errors.push(`allow.${k}: must be an array`)
+            continue
+          }
+          for (const v of values) if (!mark.values.some((x) => sameJson(x, v))) errors.push(`allow.${k}: ${JSON.stringify(v)} is not one of ${JSON.stringify(mark.values)}`)
+        }
+        if (errors.length > 0) return yield* invalid(errors)
+        yield* operator.storePolicy(providerKey(p), { set, allow: allow as Record<string, ReadonlyArray<unknown>> })
+        return yield* policyView(p)
+      }),
+    clearPolicy: (provider) =>
+      Effect.gen(function* () {
+        const p = yield* resolveForPolicy(provider)
+        yield* operator.clearPolicy(providerKey(p))
+        return yield* policyView(p)
       })
   })
 })

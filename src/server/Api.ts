@@ -38,12 +38,32 @@ export const Run = Schema.Struct({
   error: Schema.NullOr(Schema.String), stdout: Schema.String, stderr: Schema.String, truncated: Schema.Boolean,
   leaseId: Schema.NullOr(Schema.String), createdAt: Schema.String, startedAt: Schema.NullOr(Schema.String), finishedAt: Schema.NullOr(Schema.String)
 })
+/** A plugin. A company token sees only its identity and status (`pluginId`, `version`, `displayName`,
+ * `status`, `capabilities`); the operational fields are the operator's (admin token). */
 export const Plugin = Schema.Struct({
-  pluginId: Schema.String, version: Schema.String, displayName: Schema.String, status: Schema.String, workerStatus: Schema.String,
-  mode: Schema.String, pid: Schema.NullOr(Schema.Number), supportedMethods: Schema.Array(Schema.String),
-  capabilities: Schema.Array(Schema.String), inactiveCapabilities: Schema.Array(Schema.String), ignoredFields: Schema.Array(Schema.String),
-  lastError: Schema.NullOr(Schema.String), health: Schema.NullOr(Json), restarts: Schema.Number, crashesInWindow: Schema.Number,
-  isolation: Schema.optional(Schema.NullOr(Schema.Literal("sandboxed", "trusted", "unsandboxed")))
+  pluginId: Schema.String, version: Schema.String, displayName: Schema.String, status: Schema.String, capabilities: Schema.Array(Schema.String),
+  workerStatus: opt(Schema.String), mode: opt(Schema.String), pid: opt(Schema.NullOr(Schema.Number)), supportedMethods: opt(Schema.Array(Schema.String)),
+  inactiveCapabilities: opt(Schema.Array(Schema.String)), ignoredFields: opt(Schema.Array(Schema.String)),
+  lastError: opt(Schema.NullOr(Schema.String)), health: opt(Schema.NullOr(Json)), restarts: opt(Schema.Number), crashesInWindow: opt(Schema.Number),
+  isolation: opt(Schema.NullOr(Schema.Literal("sandboxed", "trusted", "unsandboxed")))
+})
+export const TokenRole = Schema.Literal("admin", "company", "company-read")
+/** A token as listed: never its value. */
+export const Token = Schema.Struct({
+  id: Schema.String, role: TokenRole, companyId: Schema.NullOr(Schema.String), name: Schema.NullOr(Schema.String), createdAt: Schema.String,
+  lastUsedAt: Schema.NullOr(Schema.String), expiresAt: Schema.NullOr(Schema.String), revokedAt: Schema.NullOr(Schema.String)
+})
+/** A token with its value: answered once, when it is created or rotated. */
+export const TokenWithValue = Schema.Struct({ ...Token.fields, token: Schema.String })
+export const LocalGrant = Schema.Struct({ companyId: Schema.String, granted: Schema.Boolean, grantedAt: Schema.NullOr(Schema.String) })
+export const ProviderPolicy = Schema.Struct({
+  provider: Schema.String,
+  policy: Schema.Struct({ set: JsonObject, allow: Schema.Record({ key: Schema.String, value: Schema.Array(Json) }) }),
+  operatorFields: Schema.Array(Schema.Struct({ field: Schema.String, kind: Schema.Literal("field", "values"), values: opt(Schema.Array(Json)) }))
+})
+export const Health = Schema.Struct({
+  ok: Schema.Boolean, status: Schema.Literal("ok", "degraded"), reason: opt(Schema.String),
+  instanceId: opt(Schema.String), version: opt(Schema.String), database: opt(Schema.String)
 })
 
 // ---- params ----
@@ -52,8 +72,10 @@ const id = HttpApiSchema.param("id", Schema.String)
 const pluginId = HttpApiSchema.param("pluginId", Schema.String)
 
 // ---- groups ----
+/** No token needed: `{ok, status}` (and a generic reason when degraded); with the admin token also the
+ * instance id, version, database and the failure's own message. 503 when degraded. */
 export class HealthGroup extends HttpApiGroup.make("health")
-  .add(HttpApiEndpoint.get("health", "/api/health").addSuccess(Schema.Struct({ ok: Schema.Boolean, instanceId: Schema.String, version: Schema.String, database: Schema.String }))) {}
+  .add(HttpApiEndpoint.get("health", "/api/health").addSuccess(Health).addError(Health, { status: 503 })) {}
 
 export class CompaniesGroup extends HttpApiGroup.make("companies")
   .add((HttpApiEndpoint.get("list", "/api/companies").addSuccess(Schema.Array(Company))))
@@ -62,8 +84,35 @@ export class CompaniesGroup extends HttpApiGroup.make("companies")
   .add((HttpApiEndpoint.put("setDefaultEnvironment")`/api/companies/${companyId}/default-environment`
     .setPayload(strict(Schema.Struct({ environmentId: Schema.NullOr(Schema.String) }))).addSuccess(Company)))
   .add((HttpApiEndpoint.post("createToken")`/api/companies/${companyId}/tokens`
-    .setPayload(strict(Schema.Struct({ name: opt(Schema.String) }))).addSuccess(Schema.Struct({ id: Schema.String, token: Schema.String, companyId: Schema.String }), { status: 201 })))
+    .setPayload(strict(Schema.Struct({
+      name: opt(Schema.String.pipe(Schema.maxLength(200))),
+      role: opt(Schema.Literal("company", "company-read")),
+      expiresAt: opt(Schema.String.annotations({ description: "ISO 8601 date-time in the future; the token stops working then" }))
+    }))).addSuccess(TokenWithValue, { status: 201 })))
   .middleware(Authentication) {}
+
+/** Token lifecycle: admin token only. */
+export class TokensGroup extends HttpApiGroup.make("tokens")
+  .add((HttpApiEndpoint.get("list", "/api/tokens").setUrlParams(Schema.Struct({ companyId: opt(Schema.String) })).addSuccess(Schema.Array(Token))))
+  .add((HttpApiEndpoint.get("get")`/api/tokens/${id}`.addSuccess(Token)))
+  .add((HttpApiEndpoint.post("revoke")`/api/tokens/${id}/revoke`.addSuccess(Token)))
+  .add((HttpApiEndpoint.post("rotate")`/api/tokens/${id}/rotate`.addSuccess(TokenWithValue)))
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "Admin token only. Values are shown once (create, rotate); revoked tokens stay listed; the admin token cannot be revoked, only rotated; lastUsedAt is written at most once a minute.") {}
+
+const driverKey = HttpApiSchema.param("driverKey", Schema.String)
+const PolicyPayload = strict(Schema.Struct({ set: opt(JsonObject), allow: opt(Schema.Record({ key: Schema.String, value: Schema.Array(Json) })) }))
+/** What only the operator decides: local-driver grants and provider policies. Admin token only. */
+export class OperatorGroup extends HttpApiGroup.make("operator")
+  .add((HttpApiEndpoint.get("localGrants", "/api/local-grants").addSuccess(Schema.Array(LocalGrant))))
+  .add((HttpApiEndpoint.put("grantLocal")`/api/companies/${companyId}/local-grant`.addSuccess(LocalGrant)))
+  .add((HttpApiEndpoint.del("revokeLocal")`/api/companies/${companyId}/local-grant`.addSuccess(LocalGrant)))
+  .add((HttpApiEndpoint.get("policies", "/api/provider-policies").addSuccess(Schema.Array(ProviderPolicy))))
+  .add((HttpApiEndpoint.get("getPolicy")`/api/plugins/${pluginId}/drivers/${driverKey}/policy`.addSuccess(ProviderPolicy)))
+  .add((HttpApiEndpoint.put("setPolicy")`/api/plugins/${pluginId}/drivers/${driverKey}/policy`.setPayload(PolicyPayload).addSuccess(ProviderPolicy)))
+  .add((HttpApiEndpoint.del("clearPolicy")`/api/plugins/${pluginId}/drivers/${driverKey}/policy`.addSuccess(ProviderPolicy)))
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "Admin token only. A company runs in a local environment only with a local grant. A policy's `set` may name only the provider's operator fields (configSchema `x-gantry-operator`); `allow` only their operator-only values.") {}
 
 export class SecretsGroup extends HttpApiGroup.make("secrets")
   .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/secrets`.addSuccess(Schema.Array(Secret))))
@@ -95,7 +144,8 @@ export class PluginsGroup extends HttpApiGroup.make("plugins")
     .setPayload(strict(Schema.Struct({ params: opt(JsonObject) }))).addSuccess(Json)))
   .add((HttpApiEndpoint.post("action")`/api/plugins/${pluginId}/companies/${companyId}/actions/${HttpApiSchema.param("key", Schema.String)}`
     .setPayload(strict(Schema.Struct({ params: opt(JsonObject) }))).addSuccess(Json)))
-  .middleware(Authentication) {}
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "A company token sees pluginId, version, displayName, status and capabilities; enable, disable, logs, jobs, job runs, trigger and config/test need the admin token. Config, data and actions: the caller's own company (another company's id answers 404).") {}
 
 /** Plugin webhooks: called by third parties, no bearer token (the plugin verifies signatures). */
 export class WebhooksGroup extends HttpApiGroup.make("webhooks")
@@ -121,7 +171,8 @@ export class EnvironmentsGroup extends HttpApiGroup.make("environments")
   .add((HttpApiEndpoint.del("delete")`/api/environments/${id}`.addSuccess(Schema.Struct({ deleted: Schema.Boolean }))))
   .add((HttpApiEndpoint.post("probe")`/api/environments/${id}/probe`.addSuccess(ProbeReport)))
   .add((HttpApiEndpoint.get("leases")`/api/environments/${id}/leases`.addSuccess(Schema.Array(Lease))))
-  .middleware(Authentication) {}
+  .middleware(Authentication)
+  .annotate(OpenApi.Description, "Local environments are created, changed, archived and deleted with the admin token only (403 operator_only). A company config may not set a provider's operator fields (422, field named). Another company's environment answers 404.") {}
 
 const AgentCreate = strict(Schema.Struct({
   name: Schema.String, command: Schema.String, args: opt(Schema.Array(Schema.String)), env: opt(JsonObject),
@@ -161,6 +212,8 @@ export class RuntimeGroup extends HttpApiGroup.make("runtime")
 export class GantryApi extends HttpApi.make("gantry")
   .add(HealthGroup)
   .add(CompaniesGroup)
+  .add(TokensGroup)
+  .add(OperatorGroup)
   .add(SecretsGroup)
   .add(PluginsGroup)
   .add(WebhooksGroup)

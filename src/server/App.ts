@@ -14,6 +14,7 @@ import { PluginRecords } from "../host/PluginRecords.js"
 import * as Environments from "../environments/Environments.js"
 import * as Execution from "../environments/Execution.js"
 import * as Leases from "../environments/Leases.js"
+import * as Operator from "../environments/Operator.js"
 import * as Provider from "../environments/Provider.js"
 import * as RunToken from "../environments/RunToken.js"
 import * as RuntimeUrl from "../environments/RuntimeUrl.js"
@@ -49,7 +50,7 @@ export const layer = <RU = never>(o: AppOptions, runtimeUrlLayer?: Layer.Layer<R
   }))).pipe(Layer.provide(HostOptions.layerConfigWith(o.host ?? {})))
   const base = Layer.mergeAll(hostOptions, Redactor.layer, NodeContext.layer)
   // one SecretStore: the capability backend (plugins' secrets.resolve) and the API/runs share it
-  const stores = Layer.mergeAll(Capabilities.layerSql, PluginRecords.layerSql, Instance.layer).pipe(
+  const stores = Layer.mergeAll(Capabilities.layerSql, PluginRecords.layerSql, Instance.layer, Operator.layer).pipe(
     // GANTRY_SECRETS_KEY when set (replicas must share one key), else the key file in the data dir
     Layer.provideMerge(Layer.effect(SecretStore.SecretStore, Effect.flatMap(SecretStore.optionsFromConfig, (c) => SecretStore.make({ ...c, dataDir: o.dataDir }))))
   )

@@ -1,16 +1,18 @@
 // Handlers of every API group: thin mappings from HTTP to the services, with the company-scope check
 // (`requireCompany`) before any work and domain errors mapped to the API error format.
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Cause, Clock, Effect, Layer, Option, Stream } from "effect"
+import { SqlClient } from "@effect/sql"
+import { Cause, Clock, Duration, Effect, Layer, Option, Stream } from "effect"
 import { randomUUID } from "node:crypto"
-import { Environments } from "../environments/Environments.js"
+import { Environments, type Saver } from "../environments/Environments.js"
+import { OperatorPolicy } from "../environments/Operator.js"
 import { Leases } from "../environments/Leases.js"
 import * as JobScheduler from "../host/capabilities/JobScheduler.js"
 import { Redactor } from "../host/capabilities/Redactor.js"
 import { SecretStore } from "../host/capabilities/SecretStore.js"
 import { HostOptions, HOST_VERSION } from "../host/HostOptions.js"
 import { PluginConfigs } from "../host/PluginConfigs.js"
-import { PluginHost } from "../host/PluginHost.js"
+import { PluginHost, type PluginSnapshot } from "../host/PluginHost.js"
 import { CapabilityStores } from "../host/Stores.js"
 import { Database } from "../store/Database.js"
 import { Agents } from "../work/Agents.js"
@@ -18,18 +20,41 @@ import { Companies } from "../work/Companies.js"
 import { Runs, type RunOutput } from "../work/Runs.js"
 import { Runtime } from "../work/Runtime.js"
 import { GantryApi } from "./Api.js"
-import { ApiTokens, CurrentActor, requireAdmin, requireCompany } from "./Auth.js"
+import { ApiTokens, CurrentActor, requireAdmin, requireCompany, requireOwner, type TokenInfo } from "./Auth.js"
 import { api, apiError } from "./errors.js"
 
 const bearerOf = Effect.map(HttpServerRequest.HttpServerRequest, (req) => (req.headers.authorization ?? "").replace(/^Bearer\s+/i, ""))
 
+/** Who is asking, when a route does not require a token: the admin, or anyone else. */
+const callerIsAdmin = Effect.gen(function* () {
+  const token = yield* bearerOf
+  if (token.length === 0 || token.split(".").length === 3) return false
+  const actor = yield* Effect.either((yield* ApiTokens).authenticate(token))
+  return actor._tag === "Right" && actor.right.kind === "admin"
+})
+
+const HEALTH_DB_TIMEOUT = Duration.seconds(3)
+
 const HealthLive = HttpApiBuilder.group(GantryApi, "health", (h) =>
   h.handle("health", () =>
     Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const check = yield* sql`SELECT 1 AS one`.pipe(
+        Effect.timeoutFail({ duration: HEALTH_DB_TIMEOUT, onTimeout: () => new Error(`no answer within ${Duration.format(HEALTH_DB_TIMEOUT)}`) }),
+        Effect.either
+      )
+      const admin = yield* callerIsAdmin
       const o = yield* HostOptions
       const db = yield* Database
-      return { ok: true, instanceId: o.instanceId, version: HOST_VERSION, database: db.dialect }
+      const details = admin ? { instanceId: o.instanceId, version: HOST_VERSION, database: db.dialect } : {}
+      if (check._tag === "Right") return { ok: true, status: "ok" as const, ...details }
+      const why = String((check.left as { message?: unknown }).message ?? check.left)
+      // anonymous callers learn that the database is the problem, not how it is set up
+      return yield* Effect.fail({ ok: false, status: "degraded" as const, reason: admin ? `database: ${why}` : "database unavailable", ...details })
     })))
+
+const tokenJson = (t: TokenInfo) => ({ ...t })
+const actorSaver = Effect.map(CurrentActor, (a): Saver => (a.kind === "admin" ? "operator" : "company"))
 
 const CompaniesLive = HttpApiBuilder.group(GantryApi, "companies", (h) =>
   h
@@ -55,9 +80,65 @@ const CompaniesLive = HttpApiBuilder.group(GantryApi, "companies", (h) =>
       Effect.gen(function* () {
         yield* requireAdmin
         yield* api((yield* Companies).get(path.companyId))
-        const t = yield* (yield* ApiTokens).createCompanyToken(path.companyId, payload.name ?? null)
-        return { ...t, companyId: path.companyId }
+        let expiresAt: number | null = null
+        if (payload.expiresAt !== undefined) {
+          expiresAt = Date.parse(payload.expiresAt)
+          if (!Number.isFinite(expiresAt)) return yield* Effect.fail(apiError(422, "token_invalid", "expiresAt: must be an ISO 8601 date-time"))
+        }
+        const t = yield* api((yield* ApiTokens).createCompanyToken(path.companyId, {
+          name: payload.name ?? null, ...(payload.role ? { role: payload.role } : {}), expiresAt
+        }))
+        return { ...tokenJson(t.info), token: t.token }
       })))
+
+const TokensLive = HttpApiBuilder.group(GantryApi, "tokens", (h) =>
+  h
+    .handle("list", ({ urlParams }) =>
+      Effect.zipRight(requireAdmin, Effect.flatMap(ApiTokens, (t) =>
+        Effect.map(t.list(urlParams.companyId !== undefined ? { companyId: urlParams.companyId } : {}), (ts) => ts.map(tokenJson)))))
+    .handle("get", ({ path }) => Effect.zipRight(requireAdmin, Effect.flatMap(ApiTokens, (t) => Effect.map(api(t.get(path.id)), tokenJson))))
+    .handle("revoke", ({ path }) => Effect.zipRight(requireAdmin, Effect.flatMap(ApiTokens, (t) => Effect.map(api(t.revoke(path.id)), tokenJson))))
+    .handle("rotate", ({ path }) =>
+      Effect.zipRight(requireAdmin, Effect.flatMap(ApiTokens, (t) => Effect.map(api(t.rotate(path.id)), (r) => ({ ...tokenJson(r.info), token: r.token }))))))
+
+const OperatorLive = HttpApiBuilder.group(GantryApi, "operator", (h) => {
+  const grantOf = (companyId: string) =>
+    Effect.map((Effect.flatMap(OperatorPolicy, (o) => o.localGrants)), (gs) => {
+      const g = gs.find((x) => x.companyId === companyId)
+      return { companyId, granted: g !== undefined, grantedAt: g?.grantedAt ?? null }
+    })
+  const provider = (p: { readonly pluginId: string; readonly driverKey: string }) => `${p.pluginId}/${p.driverKey}`
+  return h
+    .handle("localGrants", () =>
+      Effect.zipRight(requireAdmin, Effect.flatMap(OperatorPolicy, (o) =>
+        Effect.map(o.localGrants, (gs) => gs.map((g) => ({ companyId: g.companyId, granted: true, grantedAt: g.grantedAt }))))))
+    .handle("grantLocal", ({ path }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        yield* api((yield* Companies).get(path.companyId))
+        const g = yield* (yield* OperatorPolicy).grantLocal(path.companyId)
+        return { companyId: g.companyId, granted: true, grantedAt: g.grantedAt }
+      }))
+    .handle("revokeLocal", ({ path }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        yield* api((yield* Companies).get(path.companyId))
+        yield* (yield* OperatorPolicy).revokeLocal(path.companyId)
+        return yield* grantOf(path.companyId)
+      }))
+    .handle("policies", () =>
+      Effect.zipRight(requireAdmin, Effect.flatMap(OperatorPolicy, (o) => o.policies)).pipe(
+        Effect.flatMap((ps) => Effect.forEach(ps, (p) =>
+          Effect.flatMap(Environments, (e) => e.getPolicy(p.provider)).pipe(
+            // a provider no longer installed: its stored policy, no field list
+            Effect.orElseSucceed(() => ({ provider: p.provider, policy: p.policy, operatorFields: [] })))))))
+    .handle("getPolicy", ({ path }) => Effect.zipRight(requireAdmin, Effect.flatMap(Environments, (e) => api(e.getPolicy(provider(path))))))
+    .handle("setPolicy", ({ path, payload }) =>
+      Effect.zipRight(requireAdmin, Effect.flatMap(Environments, (e) => api(e.setPolicy(provider(path), {
+        ...(payload.set !== undefined ? { set: payload.set } : {}), ...(payload.allow !== undefined ? { allow: payload.allow } : {})
+      })))))
+    .handle("clearPolicy", ({ path }) => Effect.zipRight(requireAdmin, Effect.flatMap(Environments, (e) => api(e.clearPolicy(provider(path))))))
+})
 
 const SecretsLive = HttpApiBuilder.group(GantryApi, "secrets", (h) =>
   h
@@ -72,10 +153,20 @@ const SecretsLive = HttpApiBuilder.group(GantryApi, "secrets", (h) =>
     .handle("get", ({ path }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(SecretStore, (s) => api(s.get(path.id, { companyId: path.companyId })))))
     .handle("delete", ({ path }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(SecretStore, (s) => Effect.as(api(s.delete(path.id, { companyId: path.companyId })), { deleted: true })))))
 
+/** What a company token sees of a plugin: identity and status; the rest is the operator's. */
+const pluginView = (admin: boolean) => (p: PluginSnapshot) =>
+  admin ? p : { pluginId: p.pluginId, version: p.version, displayName: p.displayName, status: p.status, capabilities: p.capabilities }
+
 const PluginsLive = HttpApiBuilder.group(GantryApi, "plugins", (h) =>
   h
-    .handle("list", () => Effect.flatMap(PluginHost, (p) => p.list))
-    .handle("get", ({ path }) => Effect.flatMap(PluginHost, (p) => api(p.status(path.pluginId))))
+    .handle("list", () => Effect.gen(function* () {
+      const view = pluginView((yield* CurrentActor).kind === "admin")
+      return (yield* (yield* PluginHost).list).map(view)
+    }))
+    .handle("get", ({ path }) => Effect.gen(function* () {
+      const view = pluginView((yield* CurrentActor).kind === "admin")
+      return view(yield* api((yield* PluginHost).status(path.pluginId)))
+    }))
     .handle("enable", ({ path }) =>
       Effect.gen(function* () {
         yield* requireAdmin
@@ -110,9 +201,10 @@ const PluginsLive = HttpApiBuilder.group(GantryApi, "plugins", (h) =>
         return { ok: r.ok, warnings: [...r.warnings], errors: [...r.errors] }
       }))
     .handle("testConfig", ({ path, payload }) =>
-      Effect.map(Effect.flatMap(PluginConfigs, (c) => api(c.test(path.pluginId, payload))), (r) => ({ ok: r.ok, warnings: [...r.warnings], errors: [...r.errors] })))
-    .handle("jobs", ({ path }) => Effect.flatMap(JobScheduler.JobScheduler, (j) => api(j.jobs(path.pluginId))))
-    .handle("jobRuns", ({ path }) => Effect.flatMap(JobScheduler.JobScheduler, (j) => api(j.runs(path.pluginId, path.jobKey))))
+      Effect.zipRight(requireAdmin,
+        Effect.map(Effect.flatMap(PluginConfigs, (c) => api(c.test(path.pluginId, payload))), (r) => ({ ok: r.ok, warnings: [...r.warnings], errors: [...r.errors] }))))
+    .handle("jobs", ({ path }) => Effect.zipRight(requireAdmin, Effect.flatMap(JobScheduler.JobScheduler, (j) => api(j.jobs(path.pluginId)))))
+    .handle("jobRuns", ({ path }) => Effect.zipRight(requireAdmin, Effect.flatMap(JobScheduler.JobScheduler, (j) => api(j.runs(path.pluginId, path.jobKey)))))
     .handle("triggerJob", ({ path }) => Effect.zipRight(requireAdmin, Effect.flatMap(JobScheduler.JobScheduler, (j) => api(j.trigger(path.pluginId, path.jobKey)))))
     .handle("data", ({ path, payload }) =>
       Effect.gen(function* () {
@@ -166,18 +258,39 @@ const EnvironmentsLive = HttpApiBuilder.group(GantryApi, "environments", (h) => 
   const owned = (id: string) =>
     Effect.gen(function* () {
       const env = yield* api((yield* Environments).get(id))
-      yield* requireCompany(env.companyId)
+      yield* requireOwner("environment", id, env.companyId)
+      return env
+    })
+  /** Archiving or deleting a local environment is changing it: the operator's. */
+  const changeable = (id: string) =>
+    Effect.gen(function* () {
+      const env = yield* owned(id)
+      if (env.driver === "local" && (yield* actorSaver) === "company") {
+        return yield* Effect.fail(apiError(403, "operator_only", "local environments run on the host: only the operator (admin token) creates or changes them"))
+      }
       return env
     })
   return h
     .handle("list", ({ path, urlParams }) => Effect.zipRight(requireCompany(path.companyId),
       Effect.flatMap(Environments, (e) => api(e.list(path.companyId, { includeArchived: urlParams.includeArchived === "true" })))))
-    .handle("create", ({ path, payload }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(Environments, (e) => api(e.create(path.companyId, payload as never)))))
-    .handle("probeConfig", ({ path, payload }) => Effect.zipRight(requireCompany(path.companyId), Effect.flatMap(Environments, (e) => api(e.probeConfig(path.companyId, payload as never)))))
+    .handle("create", ({ path, payload }) => Effect.gen(function* () {
+      yield* requireCompany(path.companyId)
+      const actor = yield* actorSaver
+      return yield* api((yield* Environments).create(path.companyId, payload as never, { actor }))
+    }))
+    .handle("probeConfig", ({ path, payload }) => Effect.gen(function* () {
+      yield* requireCompany(path.companyId)
+      const actor = yield* actorSaver
+      return yield* api((yield* Environments).probeConfig(path.companyId, payload as never, { actor }))
+    }))
     .handle("get", ({ path }) => owned(path.id))
-    .handle("patch", ({ path, payload }) => Effect.zipRight(owned(path.id), Effect.flatMap(Environments, (e) => api(e.patch(path.id, payload as never)))))
-    .handle("archive", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Environments, (e) => api(e.archive(path.id)))))
-    .handle("delete", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Environments, (e) => Effect.as(api(e.remove(path.id)), { deleted: true }))))
+    .handle("patch", ({ path, payload }) => Effect.gen(function* () {
+      yield* owned(path.id)
+      const actor = yield* actorSaver
+      return yield* api((yield* Environments).patch(path.id, payload as never, { actor }))
+    }))
+    .handle("archive", ({ path }) => Effect.zipRight(changeable(path.id), Effect.flatMap(Environments, (e) => api(e.archive(path.id)))))
+    .handle("delete", ({ path }) => Effect.zipRight(changeable(path.id), Effect.flatMap(Environments, (e) => Effect.as(api(e.remove(path.id)), { deleted: true }))))
     .handle("probe", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Environments, (e) => api(e.probe(path.id)))))
     .handle("leases", ({ path }) => Effect.zipRight(owned(path.id), Effect.flatMap(Leases, (l) => l.list({ environmentId: path.id }))))
 })
@@ -186,7 +299,7 @@ const AgentsLive = HttpApiBuilder.group(GantryApi, "agents", (h) => {
   const owned = (id: string) =>
     Effect.gen(function* () {
       const a = yield* api((yield* Agents).get(id))
-      yield* requireCompany(a.companyId)
+      yield* requireOwner("agent", id, a.companyId)
       return a
     })
   return h
@@ -207,14 +320,14 @@ const RunsLive = HttpApiBuilder.group(GantryApi, "runs", (h) => {
   const owned = (id: string) =>
     Effect.gen(function* () {
       const r = yield* api((yield* Runs).get(id))
-      yield* requireCompany(r.companyId)
+      yield* requireOwner("run", id, r.companyId)
       return r
     })
   return h
     .handle("start", ({ path, payload }) =>
       Effect.gen(function* () {
         const agent = yield* api((yield* Agents).get(path.id))
-        yield* requireCompany(agent.companyId)
+        yield* requireOwner("agent", path.id, agent.companyId)
         return yield* api((yield* Runs).start(agent.companyId, agent.id, {
           ...(payload.environmentId !== undefined ? { environmentId: payload.environmentId } : {}),
           ...(payload.env ? { env: payload.env } : {})
@@ -255,7 +368,7 @@ const RuntimeLive = HttpApiBuilder.group(GantryApi, "runtime", (h) =>
     .handle("log", ({ payload }) => Effect.flatMap(bearerOf, (t) => Effect.flatMap(Runtime, (r) => api(r.log(t, { stream: payload.stream ?? "stdout", chunk: payload.chunk }))))))
 
 export const layer = Layer.mergeAll(
-  HealthLive, CompaniesLive, SecretsLive, PluginsLive, WebhooksLive, EnvironmentsLive, AgentsLive, RunsLive, RuntimeLive
+  HealthLive, CompaniesLive, TokensLive, OperatorLive, SecretsLive, PluginsLive, WebhooksLive, EnvironmentsLive, AgentsLive, RunsLive, RuntimeLive
 )
 
 export { Clock, Option, Redactor }

@@ -92,6 +92,14 @@ export const migrations: ReadonlyArray<readonly [number, string, Statements]> = 
   ]],
   [5, "reusable leases", () => [
     `ALTER TABLE leases ADD COLUMN idle_since BIGINT`
+  ]],
+  // operator vs tenant (SPEC §16): token lifecycle (kind = admin | company | company-read), the
+  // operator's per-company grant of the local driver, and per-provider operator policies
+  [6, "operator and token lifecycle", () => [
+    `ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT`,
+    `ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT`,
+    `CREATE TABLE IF NOT EXISTS local_grants (company_id TEXT PRIMARY KEY, granted_at BIGINT NOT NULL)`,
+    `CREATE TABLE IF NOT EXISTS provider_policies (provider TEXT PRIMARY KEY, policy TEXT NOT NULL, updated_at BIGINT NOT NULL)`
   ]]
 ]
 

@@ -13,7 +13,7 @@ import { randomUUID } from "node:crypto"
 import { Instance } from "../host/Instance.js"
 import { CapabilityStores } from "../host/Stores.js"
 import { Redactor } from "../host/capabilities/Redactor.js"
-import { Environments, type Environment, type EnvironmentNotFound } from "../environments/Environments.js"
+import { Environments, type Environment, type EnvironmentNotFound, type LocalNotGranted, type NoEnvironment } from "../environments/Environments.js"
 import { Executor, OUTPUT_CAP, type ExecResult, type ExecTarget } from "../environments/Execution.js"
 import { Leases } from "../environments/Leases.js"
 import { Providers } from "../environments/Provider.js"
@@ -104,7 +104,7 @@ export interface StartInput {
 }
 
 export class Runs extends Context.Tag("gantry/Runs")<Runs, {
-  readonly start: (companyId: string, agentId: string, input?: StartInput) => Effect.Effect<Run, RunInvalid | RunNotFound | RunConflict | EnvironmentNotFound>
+  readonly start: (companyId: string, agentId: string, input?: StartInput) => Effect.Effect<Run, RunInvalid | RunNotFound | RunConflict | EnvironmentNotFound | LocalNotGranted | NoEnvironment>
   readonly get: (runId: string) => Effect.Effect<Run, RunNotFound>
   readonly list: (filter: { readonly companyId?: string; readonly agentId?: string; readonly limit?: number }) => Effect.Effect<ReadonlyArray<Run>>
   readonly cancel: (runId: string) => Effect.Effect<Run, RunNotFound>

@@ -3,6 +3,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer, Stream } from "effect"
 import { Environments, type Environment } from "../../src/environments/Environments.js"
+import { OperatorPolicy } from "../../src/environments/Operator.js"
 import { Leases } from "../../src/environments/Leases.js"
 import { Providers, type ProviderInfo } from "../../src/environments/Provider.js"
 import { RunTokens } from "../../src/environments/RunToken.js"
@@ -247,6 +248,12 @@ for (const db of testDbs) {
         yield* rejects(runs.start("no-such-company", agent.id), "RunNotFound", 404)
         yield* rejects(runs.start(co.id, agent.id, { environmentId: "no-such-env" }), "EnvironmentNotFound", 404)
         yield* rejects(runs.start(co.id, agent.id, { environmentId: theirEnv.id }), "EnvironmentNotFound", 404)
+        // no environment anywhere and no local grant: nowhere to run; a local one without the grant
+        yield* rejects(runs.start(co.id, agent.id), "NoEnvironment", 422)
+        yield* rejects(runs.start(other.id, theirAgent.id, { environmentId: theirEnv.id }), "LocalNotGranted", 403)
+        const operator = yield* OperatorPolicy
+        yield* operator.grantLocal(co.id)
+        yield* operator.grantLocal(other.id)
         for (const env of [{ "1BAD": "x" }, { "A=B": "x" }, { GANTRY_RUN_ID: "forged" }, { OK: 5 }, ["A=1"], "A=1"]) {
           yield* rejects(runs.start(co.id, agent.id, { env: env as never }), "RunInvalid", 422)
         }

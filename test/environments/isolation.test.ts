@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Environments, type CreateInput } from "../../src/environments/Environments.js"
+import { OperatorPolicy } from "../../src/environments/Operator.js"
 import { DEFAULT_PATH } from "../../src/environments/Execution.js"
 import { Leases } from "../../src/environments/Leases.js"
 import { SecretStore } from "../../src/host/capabilities/SecretStore.js"
@@ -71,6 +72,7 @@ const storedTexts = (run: Run) =>
 const setup = (input: CreateInput) =>
   Effect.gen(function* () {
     const co = yield* (yield* Companies).create({ name: `co-${randomBytes(3).toString("hex")}` })
+    if (input.driver === "local") yield* (yield* OperatorPolicy).grantLocal(co.id)
     const secret = yield* (yield* SecretStore).create(co.id, "api-key", SECRET_VALUE)
     const env = yield* (yield* Environments).create(co.id, input)
     const agents = yield* Agents

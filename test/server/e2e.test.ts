@@ -33,7 +33,7 @@ const before = childPids()
 
 /** Filled by the first test, used by the later ones. */
 const s = {} as {
-  a: string; b: string; tokenA: string; tokenB: string; coA: Client; coB: Client
+  a: string; b: string; tokenAId: string; tokenA: string; tokenB: string; coA: Client; coB: Client
   secretId: string; envId: string; agentId: string; sleeperId: string
 }
 
@@ -93,15 +93,16 @@ afterAll(async () => {
 
 describe("gantry serve, end to end over HTTP", () => {
   it("company → secret → sandbox environment → probe → agent → run streamed over SSE → succeeded, lease released", async () => {
-    const health = ok(await anon.get("/api/health"))
-    expect(health).toMatchObject({ ok: true, database: "sqlite" })
+    // anonymous callers learn that it is up, nothing about the instance; the admin sees the details
+    expect(ok(await anon.get("/api/health"))).toEqual({ ok: true, status: "ok" })
+    expect(ok(await admin.get("/api/health"))).toMatchObject({ ok: true, status: "ok", database: "sqlite", instanceId: expect.any(String) })
 
     const a = ok(await admin.post("/api/companies", { name: "acme" }), 201)
     const b = ok(await admin.post("/api/companies", { name: "globex" }), 201)
     const tokenA = ok(await admin.post(`/api/companies/${a.id}/tokens`, { name: "acme ci" }), 201)
     const tokenB = ok(await admin.post(`/api/companies/${b.id}/tokens`, {}), 201)
     expect(tokenA).toMatchObject({ companyId: a.id, token: expect.stringMatching(/^gantry_company_/) })
-    Object.assign(s, { a: a.id, b: b.id, tokenA: tokenA.token, tokenB: tokenB.token, coA: client(server!.url, tokenA.token), coB: client(server!.url, tokenB.token) })
+    Object.assign(s, { a: a.id, b: b.id, tokenAId: tokenA.id, tokenA: tokenA.token, tokenB: tokenB.token, coA: client(server!.url, tokenA.token), coB: client(server!.url, tokenB.token) })
     // a company token sees its own company only
     expect((ok(await s.coA.get("/api/companies")) as Array<any>).map((c) => c.id)).toEqual([a.id])
 
@@ -112,9 +113,10 @@ describe("gantry serve, end to end over HTTP", () => {
     expect(JSON.stringify(ok(await s.coA.get(`/api/companies/${a.id}/secrets`)))).not.toContain(CANARY)
     s.secretId = secret.id
 
-    // sandbox environment on fake-sandbox, inventory in a temp dir
+    // sandbox environment on fake-sandbox; its host paths (inventory, workspaces) are the operator's policy
+    ok(await admin.put("/api/plugins/fake-sandbox/drivers/fake/policy", { set: { inventoryFile, workspaceRoot } }))
     const env = ok(await s.coA.post(`/api/companies/${a.id}/environments`, {
-      name: "sandbox", driver: "sandbox", config: { provider: "fake-sandbox/fake", inventoryFile, workspaceRoot }
+      name: "sandbox", driver: "sandbox", config: { provider: "fake-sandbox/fake" }
     }), 201)
     expect(env).toMatchObject({ companyId: a.id, driver: "sandbox", status: "active" })
     s.envId = env.id
@@ -267,11 +269,11 @@ describe("gantry serve, end to end over HTTP", () => {
     expect(ok(await s.coA.post(path(s.a), { params: { name: "Ada" } }))).toEqual({ message: "Hi, Ada!", count: 2, companyId: s.a })
     // state is per company
     expect(ok(await s.coB.post(path(s.b), {}))).toEqual({ message: "Hello, world!", count: 1, companyId: s.b })
-    expectError(await s.coB.post(path(s.a), {}), 403, "forbidden")
+    expectError(await s.coB.post(path(s.a), {}), 404, "company_not_found")
     expectError(await anon.post(path(s.a), {}), 401, "unauthorized")
   }, 30_000)
 
-  it("every route's auth: no token → 401, another company's token → 403, a run token → 401 outside /api/runtime", async () => {
+  it("every route's auth: no token → 401, another company's token → 404 (403 on admin routes), a run token → 401 outside /api/runtime", async () => {
     const { run } = await startAndWaitFor(s.coA, s.agentId, /WHOAMI=[^;]+;/, { env: { GATE: gate("auth"), TOKEN_FILE: tokenFile("auth") } })
     const runToken = readFileSync(tokenFile("auth"), "utf8")
     const secretPath = `/api/companies/${s.a}/secrets/${s.secretId}`
@@ -284,6 +286,17 @@ describe("gantry serve, end to end over HTTP", () => {
       { method: "GET", template: "/api/companies/{companyId}", path: `/api/companies/${s.a}`, scope: "company" },
       { method: "PUT", template: "/api/companies/{companyId}/default-environment", path: `/api/companies/${s.a}/default-environment`, scope: "company", body: { environmentId: null } },
       { method: "POST", template: "/api/companies/{companyId}/tokens", path: `/api/companies/${s.a}/tokens`, scope: "admin", body: {} },
+      { method: "GET", template: "/api/tokens", path: "/api/tokens", scope: "admin" },
+      { method: "GET", template: "/api/tokens/{id}", path: `/api/tokens/${s.tokenAId}`, scope: "admin" },
+      { method: "POST", template: "/api/tokens/{id}/revoke", path: `/api/tokens/${s.tokenAId}/revoke`, scope: "admin" },
+      { method: "POST", template: "/api/tokens/{id}/rotate", path: `/api/tokens/${s.tokenAId}/rotate`, scope: "admin" },
+      { method: "GET", template: "/api/local-grants", path: "/api/local-grants", scope: "admin" },
+      { method: "PUT", template: "/api/companies/{companyId}/local-grant", path: `/api/companies/${s.a}/local-grant`, scope: "admin" },
+      { method: "DELETE", template: "/api/companies/{companyId}/local-grant", path: `/api/companies/${s.a}/local-grant`, scope: "admin" },
+      { method: "GET", template: "/api/provider-policies", path: "/api/provider-policies", scope: "admin" },
+      { method: "GET", template: "/api/plugins/{pluginId}/drivers/{driverKey}/policy", path: "/api/plugins/fake-sandbox/drivers/fake/policy", scope: "admin" },
+      { method: "PUT", template: "/api/plugins/{pluginId}/drivers/{driverKey}/policy", path: "/api/plugins/fake-sandbox/drivers/fake/policy", scope: "admin", body: {} },
+      { method: "DELETE", template: "/api/plugins/{pluginId}/drivers/{driverKey}/policy", path: "/api/plugins/fake-sandbox/drivers/fake/policy", scope: "admin" },
       { method: "GET", template: "/api/companies/{companyId}/secrets", path: `/api/companies/${s.a}/secrets`, scope: "company" },
       { method: "POST", template: "/api/companies/{companyId}/secrets", path: `/api/companies/${s.a}/secrets`, scope: "company", body: { name: "stolen", value: "xxxx" } },
       { method: "POST", template: "/api/companies/{companyId}/secrets/{id}/rotate", path: `${secretPath}/rotate`, scope: "company", body: { value: "rotated" } },
@@ -296,9 +309,9 @@ describe("gantry serve, end to end over HTTP", () => {
       { method: "GET", template: "/api/plugins/{pluginId}/logs", path: "/api/plugins/hello-promise/logs", scope: "admin" },
       { method: "GET", template: "/api/plugins/{pluginId}/companies/{companyId}/config", path: `/api/plugins/hello-promise/companies/${s.a}/config`, scope: "company" },
       { method: "PUT", template: "/api/plugins/{pluginId}/companies/{companyId}/config", path: `/api/plugins/hello-promise/companies/${s.a}/config`, scope: "company", body: {} },
-      { method: "POST", template: "/api/plugins/{pluginId}/config/test", path: "/api/plugins/hello-promise/config/test", scope: "instance", body: {} },
-      { method: "GET", template: "/api/plugins/{pluginId}/jobs", path: "/api/plugins/hello-promise/jobs", scope: "instance" },
-      { method: "GET", template: "/api/plugins/{pluginId}/jobs/{jobKey}/runs", path: "/api/plugins/hello-promise/jobs/tick/runs", scope: "instance" },
+      { method: "POST", template: "/api/plugins/{pluginId}/config/test", path: "/api/plugins/hello-promise/config/test", scope: "admin", body: {} },
+      { method: "GET", template: "/api/plugins/{pluginId}/jobs", path: "/api/plugins/hello-promise/jobs", scope: "admin" },
+      { method: "GET", template: "/api/plugins/{pluginId}/jobs/{jobKey}/runs", path: "/api/plugins/hello-promise/jobs/tick/runs", scope: "admin" },
       { method: "POST", template: "/api/plugins/{pluginId}/jobs/{jobKey}/trigger", path: "/api/plugins/hello-promise/jobs/tick/trigger", scope: "admin" },
       { method: "POST", template: "/api/plugins/{pluginId}/companies/{companyId}/data/{key}", path: `/api/plugins/hello-promise/companies/${s.a}/data/greeting`, scope: "company", body: {} },
       { method: "POST", template: "/api/plugins/{pluginId}/companies/{companyId}/actions/{key}", path: `/api/plugins/hello-promise/companies/${s.a}/actions/emit`, scope: "company", body: {} },
@@ -363,7 +376,9 @@ describe("gantry serve, end to end over HTTP", () => {
         await expectStatus("company token", r, s.tokenA, 401)
       } else {
         await expectStatus("run token", r, runToken, 401)
-        if (r.scope === "company" || r.scope === "admin") await expectStatus("company B token", r, s.tokenB, 403)
+        // another company's objects answer like missing ones; operator routes refuse any company token
+        if (r.scope === "company") await expectStatus("company B token", r, s.tokenB, 404)
+        if (r.scope === "admin") await expectStatus("company B token", r, s.tokenB, 403)
       }
     }
     expect(problems).toEqual([])

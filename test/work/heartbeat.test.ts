@@ -4,6 +4,7 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Fiber, Schedule } from "effect"
 import { Environments } from "../../src/environments/Environments.js"
+import { OperatorPolicy } from "../../src/environments/Operator.js"
 import { Leases, TERMINAL } from "../../src/environments/Leases.js"
 import { Agents } from "../../src/work/Agents.js"
 import { Companies } from "../../src/work/Companies.js"
@@ -60,6 +61,7 @@ for (const db of testDbs) {
     it.live("everySeconds: 1 → one run per tick, distinct scheduled_at, never two at once", () =>
       Effect.gen(function* () {
         const co = yield* (yield* Companies).create({ name: `co-${Math.random().toString(36).slice(2, 8)}` })
+        yield* (yield* OperatorPolicy).grantLocal(co.id)
         const agent = yield* (yield* Agents).create(co.id, { name: "ticker", command: "true", heartbeat: { everySeconds: 1 } })
         const { rows, maxActive, t0, t1 } = yield* observe(agent.id, 5_500)
         const elapsed = t1 - t0
@@ -83,6 +85,7 @@ for (const db of testDbs) {
     it.live("a command slower than the interval → ticks skipped while it runs, no overlap", () =>
       Effect.gen(function* () {
         const co = yield* (yield* Companies).create({ name: `co-${Math.random().toString(36).slice(2, 8)}` })
+        yield* (yield* OperatorPolicy).grantLocal(co.id)
         const agent = yield* (yield* Agents).create(co.id, { name: "slow", command: "sleep", args: ["2.2"], heartbeat: { everySeconds: 1 } })
         const { rows, maxActive, t0, t1 } = yield* observe(agent.id, 6_000)
         const ticks = Math.floor((t1 - t0) / 1_000)
@@ -105,6 +108,7 @@ for (const db of testDbs) {
           const control = yield* FakeSandboxControl
           const leases = yield* Leases
           const co = yield* (yield* Companies).create({ name: `co-${Math.random().toString(36).slice(2, 8)}` })
+          yield* (yield* OperatorPolicy).grantLocal(co.id)
           const sandbox = yield* (yield* Environments).create(co.id, { name: "sandbox", driver: "sandbox", config: control.environmentConfig() })
           const agents = yield* Agents
           const agent = yield* agents.create(co.id, {

@@ -5,6 +5,7 @@ import { Chunk, Effect, Fiber, Stream } from "effect"
 import { writeFileSync } from "node:fs"
 import { Environments } from "../../src/environments/Environments.js"
 import { Leases } from "../../src/environments/Leases.js"
+import { OperatorPolicy } from "../../src/environments/Operator.js"
 import { fakeLeaseId } from "../../src/testing/fakeSandbox.js"
 import { Agents } from "../../src/work/Agents.js"
 import { Companies } from "../../src/work/Companies.js"
@@ -15,7 +16,12 @@ import { FakeSandboxControl, firstChunkMatching, twinApp } from "./support.js"
 
 const uid = () => Math.random().toString(36).slice(2, 8)
 
-const company = Effect.flatMap(Companies, (c) => c.create({ name: `co-${uid()}` }))
+/** A company the operator granted the local driver (the tests run some agents on the host). */
+const company = Effect.gen(function* () {
+  const co = yield* (yield* Companies).create({ name: `co-${uid()}` })
+  yield* (yield* OperatorPolicy).grantLocal(co.id)
+  return co
+})
 const sandboxEnv = (companyId: string, name: string) =>
   Effect.gen(function* () {
     const control = yield* FakeSandboxControl
@@ -45,6 +51,20 @@ for (const db of testDbs) {
             expect(done.status).toBe("succeeded")
             return done
           })
+
+        // no default anywhere and no grant: no local fallback, and nothing is created
+        const ungranted = yield* companies.create({ name: `co-${uid()}` })
+        const bare = yield* agents.create(ungranted.id, { name: "bare", command: "true" })
+        expect((yield* Effect.flip(envs.select(ungranted.id, {})))._tag).toBe("NoEnvironment")
+        expect((yield* Effect.flip(runs.start(ungranted.id, bare.id)))._tag).toBe("NoEnvironment")
+        expect(yield* envs.list(ungranted.id, { includeArchived: true })).toEqual([])
+        expect(yield* runs.list({ companyId: ungranted.id })).toEqual([])
+        // a local environment the operator made for it is refused too, until the grant
+        const made = yield* envs.local(ungranted.id)
+        expect((yield* Effect.flip(runs.start(ungranted.id, bare.id, { environmentId: made.id })))._tag).toBe("LocalNotGranted")
+        yield* (yield* OperatorPolicy).grantLocal(ungranted.id)
+        const granted = yield* runs.await((yield* runs.start(ungranted.id, bare.id, { environmentId: made.id })).id)
+        expect(granted).toMatchObject({ status: "succeeded", environmentId: made.id })
 
         // no default anywhere: local (created on demand), no lease
         expect((yield* envs.select(co.id, {})).name).toBe("local")

@@ -7,6 +7,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { RunTokenInvalid, RunTokens } from "../../src/environments/RunToken.js"
 import { Environments } from "../../src/environments/Environments.js"
+import { OperatorPolicy } from "../../src/environments/Operator.js"
 import { Agents } from "../../src/work/Agents.js"
 import { Companies } from "../../src/work/Companies.js"
 import { Runs } from "../../src/work/Runs.js"
@@ -33,6 +34,8 @@ const readToken = (file: string) =>
 /** A company, an agent whose command prints its run token then sleeps, and a started run. */
 const startSleeper = Effect.gen(function* () {
   const company = yield* (yield* Companies).create({ name: `co-${uid()}` })
+  // the sleeper runs in the implicit local environment: the operator's grant
+  yield* (yield* OperatorPolicy).grantLocal(company.id)
   const file = join(tokenDir, `token-${uid()}`)
   const agent = yield* (yield* Agents).create(company.id, {
     name: `sleeper-${uid()}`, command: "sh", args: ["-c", tokenScript(file, "exec sleep 30")], timeoutMs: 60_000

@@ -29,8 +29,8 @@ const HOST_FIELDS = new Set(["provider", "timeoutMs", "ttlMs", "reuseLease"])
 export const CONFIG_SCHEMA = {
   type: "object",
   properties: {
-    inventoryFile: { type: "string", description: "Absolute path of the JSON inventory of live sandboxes (default <tmp>/gantry-fake-sandbox/inventory.json)" },
-    workspaceRoot: { type: "string", description: "Absolute directory under which each lease gets a temp workspace (default <tmp>/gantry-fake-sandbox)" },
+    inventoryFile: { type: "string", description: "Absolute path of the JSON inventory of live sandboxes (default <tmp>/gantry-fake-sandbox/inventory.json)", "x-gantry-operator": true },
+    workspaceRoot: { type: "string", description: "Absolute directory under which each lease gets a temp workspace (default <tmp>/gantry-fake-sandbox)", "x-gantry-operator": true },
     failOn: { type: "array", items: { type: "string", enum: [...FAULT_OPS] }, description: "Operations that fail (-32002)" },
     failTimes: { type: "integer", minimum: 0, description: "Fault only the first N calls of each faulted operation (default: every call)" },
     latencyMs: { type: "integer", minimum: 0, maximum: 60000, description: "Sleep before every operation" },
