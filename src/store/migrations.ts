@@ -92,6 +92,10 @@ export const migrations: ReadonlyArray<readonly [number, string, Statements]> = 
   ]],
   [5, "reusable leases", () => [
     `ALTER TABLE leases ADD COLUMN idle_since BIGINT`
+  ]],
+  // plugin distribution (src/host/Installer.ts): how a package was installed, JSON {kind, location, sha512, packageName, linked}
+  [8, "plugin sources", () => [
+    `ALTER TABLE plugins ADD COLUMN source TEXT`
   ]]
 ]
 
