@@ -42,8 +42,21 @@ export const Plugin = Schema.Struct({
   pluginId: Schema.String, version: Schema.String, displayName: Schema.String, status: Schema.String, workerStatus: Schema.String,
   mode: Schema.String, pid: Schema.NullOr(Schema.Number), supportedMethods: Schema.Array(Schema.String),
   capabilities: Schema.Array(Schema.String), inactiveCapabilities: Schema.Array(Schema.String), ignoredFields: Schema.Array(Schema.String),
-  lastError: Schema.NullOr(Schema.String), health: Schema.NullOr(Json), restarts: Schema.Number, crashesInWindow: Schema.Number
+  lastError: Schema.NullOr(Schema.String), health: Schema.NullOr(Json), restarts: Schema.Number, crashesInWindow: Schema.Number,
+  source: opt(Schema.NullOr(Schema.Struct({
+    kind: Schema.String, location: Schema.String, sha512: Schema.NullOr(Schema.String), packageName: Schema.NullOr(Schema.String), linked: Schema.Boolean
+  })))
 })
+const PluginInstall = strict(Schema.Struct({
+  source: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(4096)).annotations({ description: "an absolute folder or .tgz path on the server's machine, or an npm package spec (name, name@version)" }),
+  allowDowngrade: opt(Schema.Boolean),
+  linked: opt(Schema.Boolean.annotations({ description: "folders only: run the folder in place instead of a copy (the dev loop)" }))
+}))
+const PluginUpgrade = strict(Schema.Struct({
+  ...PluginInstall.fields,
+  drain: opt(Schema.Boolean.annotations({ description: "wait (bounded) for the provider's live leases to end instead of refusing" })),
+  drainTimeoutMs: opt(Schema.Int.pipe(Schema.between(0, 3_600_000)))
+}))
 
 // ---- params ----
 const companyId = HttpApiSchema.param("companyId", Schema.String)
@@ -77,6 +90,11 @@ export class SecretsGroup extends HttpApiGroup.make("secrets")
 const JobRun = Json
 export class PluginsGroup extends HttpApiGroup.make("plugins")
   .add((HttpApiEndpoint.get("list", "/api/plugins").addSuccess(Schema.Array(Plugin))))
+  .add((HttpApiEndpoint.post("install", "/api/plugins").setPayload(PluginInstall).addSuccess(Plugin, { status: 201 })))
+  .add((HttpApiEndpoint.post("upgrade")`/api/plugins/${pluginId}/upgrade`.setPayload(PluginUpgrade).addSuccess(Plugin)))
+  .add((HttpApiEndpoint.del("uninstall")`/api/plugins/${pluginId}`
+    .setUrlParams(Schema.Struct({ purge: opt(Schema.Literal("true", "false")), drain: opt(Schema.Literal("true", "false")), drainTimeoutMs: opt(Schema.NumberFromString) }))
+    .addSuccess(Schema.Struct({ pluginId: Schema.String, uninstalled: Schema.Boolean, purged: Schema.Boolean }))))
   .add((HttpApiEndpoint.get("get")`/api/plugins/${pluginId}`.addSuccess(Plugin)))
   .add((HttpApiEndpoint.post("enable")`/api/plugins/${pluginId}/enable`.addSuccess(Plugin)))
   .add((HttpApiEndpoint.post("disable")`/api/plugins/${pluginId}/disable`.addSuccess(Plugin)))

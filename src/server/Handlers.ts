@@ -5,6 +5,7 @@ import { Clock, Effect, Layer, Option, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { Environments } from "../environments/Environments.js"
 import { Leases } from "../environments/Leases.js"
+import { PluginAdmin } from "../environments/PluginAdmin.js"
 import * as JobScheduler from "../host/capabilities/JobScheduler.js"
 import { Redactor } from "../host/capabilities/Redactor.js"
 import { SecretStore } from "../host/capabilities/SecretStore.js"
@@ -75,6 +76,32 @@ const SecretsLive = HttpApiBuilder.group(GantryApi, "secrets", (h) =>
 const PluginsLive = HttpApiBuilder.group(GantryApi, "plugins", (h) =>
   h
     .handle("list", () => Effect.flatMap(PluginHost, (p) => p.list))
+    .handle("install", ({ payload }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        return yield* api((yield* PluginAdmin).install(payload.source, payload.linked === true ? { linked: true } : {}))
+      }))
+    .handle("upgrade", ({ path, payload }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        return yield* api((yield* PluginAdmin).upgrade(path.pluginId, payload.source, {
+          allowDowngrade: payload.allowDowngrade === true,
+          linked: payload.linked === true,
+          drain: payload.drain === true,
+          ...(payload.drainTimeoutMs !== undefined ? { drainTimeoutMs: payload.drainTimeoutMs } : {})
+        }))
+      }))
+    .handle("uninstall", ({ path, urlParams }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        const purge = urlParams.purge === "true"
+        yield* api((yield* PluginAdmin).uninstall(path.pluginId, {
+          purge,
+          drain: urlParams.drain === "true",
+          ...(urlParams.drainTimeoutMs !== undefined ? { drainTimeoutMs: urlParams.drainTimeoutMs } : {})
+        }))
+        return { pluginId: path.pluginId, uninstalled: true, purged: purge }
+      }))
     .handle("get", ({ path }) => Effect.flatMap(PluginHost, (p) => api(p.status(path.pluginId))))
     .handle("enable", ({ path }) =>
       Effect.gen(function* () {
