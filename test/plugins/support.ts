@@ -1,7 +1,7 @@
 // Plugin packages for the distribution tests: the Paperclip-SDK provider fixtures built the way an
 // author would publish them (manifest + package.json + a bundled dist/worker.js, so the package runs
 // from anywhere with no node_modules), and a small tar writer to craft archives, good and hostile.
-import { build } from "esbuild"
+import { build, stop } from "esbuild"
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -23,6 +23,11 @@ export const buildPackage = async (name: string, edit?: (manifest: Record<string
     banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" }
   })
   return out
+}
+
+/** esbuild keeps a service process; end it so the tests' process accounting stays exact. */
+export const stopBuilds = async () => {
+  await stop()
 }
 
 export interface TarItem {
