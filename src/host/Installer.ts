@@ -86,9 +86,12 @@ export const make = (dataDir: string) =>
           sha512 = integrity(bytes)
           yield* Effect.try({ try: () => extractTarball(bytes, pkg), catch: (e) => unsafe(problemsOf(e)) })
         }
-        const loaded = yield* loadPluginFolder(root, options.hostVersion, { isolated: true })
+        const loaded = yield* Effect.mapError(loadPluginFolder(root, options.hostVersion, { isolated: true }), (e) =>
+          new ManifestInvalid({ path: source, problems: e.problems, message: `invalid plugin at ${source}: ${e.problems.join("; ")}` }))
         const bad = entrypointProblem(root, loaded.workerEntry)
-        if (bad !== undefined) return yield* Effect.fail(unsafe([bad]))
+        if (bad !== undefined) {
+          return yield* Effect.fail(bad.outside ? unsafe([bad.message]) : new ManifestInvalid({ path: source, problems: [bad.message], message: `invalid plugin at ${source}: ${bad.message}` }))
+        }
         const staged: Staged = {
           root,
           id: loaded.info.manifest.id,

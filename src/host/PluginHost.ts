@@ -387,7 +387,11 @@ export const make = Effect.gen(function* () {
           e.lastError = message
           e.crashes = [...e.crashes.filter((t) => now - t < options.crashWindowMs), now]
           yield* log(e, "error", message)
-          yield* Deferred.fail(firstStart, new PluginStartFailed({ pluginId: e.pluginId, message }))
+          const tail = scrub(e.stderrTail.trim())
+          yield* Deferred.fail(firstStart, new PluginStartFailed({
+            pluginId: e.pluginId,
+            message: tail && !message.includes(tail.slice(-200)) ? `${message}; stderr tail: ${tail.slice(-1000)}` : message
+          }))
           if (e.crashes.length >= options.crashLimit) {
             e.lastError = `crash loop: ${e.crashes.length} crashes within ${options.crashWindowMs} ms; last: ${message}`
             yield* setStatus(e, "error")

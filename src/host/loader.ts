@@ -82,6 +82,7 @@ export const loadPluginFolder = (folder: string, hostVersion: string, o: LoadOpt
     const info = checked.right
     const rel = workerOverride ?? info.manifest.entrypoints.worker
     const workerEntry = isAbsolute(rel) ? rel : join(root, rel)
-    if (!existsSync(workerEntry)) return yield* invalid([`entrypoints.worker: file not found: ${workerEntry}`])
+    // installed packages: the installer checks the entry (inside the root first, then that it exists)
+    if (!o.isolated && !existsSync(workerEntry)) return yield* invalid([`entrypoints.worker: file not found: ${workerEntry}`])
     return { root, info, workerEntry }
   })

@@ -311,16 +311,18 @@ const checkLinksSkipping = (root: string): void => {
 }
 
 /** The worker entry, after symlinks are resolved, must be a file inside the package root. */
-export const entrypointProblem = (root: string, entry: string): string | undefined => {
+export const entrypointProblem = (root: string, entry: string): { readonly outside: boolean; readonly message: string } | undefined => {
   const real = realpathSync(root)
+  const lexical = resolve(root, entry)
+  if (!inside(resolve(root), lexical)) return { outside: true, message: `entrypoints.worker: ${entry} is outside the package root` }
   let to: string
   try {
-    to = realpathSync(resolve(root, entry))
+    to = realpathSync(lexical)
   } catch {
-    return `entrypoints.worker: file not found: ${relative(root, entry) || entry}`
+    return { outside: false, message: `entrypoints.worker: file not found: ${relative(root, lexical)}` }
   }
-  if (!inside(real, to)) return `entrypoints.worker: ${relative(root, entry)} resolves outside the package root (${to})`
-  if (!statSync(to).isFile()) return `entrypoints.worker: ${relative(root, entry)} is not a file`
+  if (!inside(real, to)) return { outside: true, message: `entrypoints.worker: ${relative(root, lexical)} resolves outside the package root (${to})` }
+  if (!statSync(to).isFile()) return { outside: false, message: `entrypoints.worker: ${relative(root, lexical)} is not a file` }
   return undefined
 }
 
