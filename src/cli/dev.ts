@@ -48,10 +48,10 @@ export const dev = (dir: string): Effect.Effect<void, ClientError, GantryClient>
     }
     const installed = yield* client.post("/api/plugins", { source: dir, linked: true }).pipe(
       // already installed (an earlier dev session, or another copy): switch it to this folder, linked
-      Effect.catchIf((e) => e._tag === "ApiError" && e.status === 409 && e.code === "plugin_conflict", () => Effect.flatMap(
+      Effect.catchIf((e) => e._tag === "ApiError" && e.status === 409 && e.code === "plugin_conflict", (conflict) => Effect.flatMap(
         Effect.promise(() => import("../host/loader.js")),
         ({ loadPluginFolder }) => Effect.flatMap(
-          Effect.orDie(Effect.mapError(loadPluginFolder(dir, "999.0.0"), (e) => new Error(e.message))),
+          Effect.mapError(loadPluginFolder(dir, "999.0.0"), () => conflict),
           (l) => client.post(`/api/plugins/${encodeURIComponent(l.info.manifest.id)}/upgrade`, { source: dir, linked: true, allowDowngrade: true, drain: true })
         )
       ))

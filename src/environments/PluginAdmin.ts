@@ -82,7 +82,7 @@ export const make = Effect.gen(function* () {
       })
       const last = yield* usage(pluginId)
       if (last.leases.length > 0) {
-        return yield* Effect.fail(inUse(pluginId, { leases: last.leases, environments: [] }, what, `; the drain gave up after ${timeoutMs} ms`))
+        return yield* inUse(pluginId, { leases: last.leases, environments: [] }, what, `; the drain gave up after ${timeoutMs} ms`)
       }
     })
 
@@ -93,7 +93,7 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         const u = yield* usage(pluginId)
         if (u.leases.length + u.environments.length > 0) {
-          if (o.drain !== true) return yield* Effect.fail(inUse(pluginId, u, "upgrade", "; pass drain to wait for the leases to end"))
+          if (o.drain !== true) return yield* inUse(pluginId, u, "upgrade", "; pass drain to wait for the leases to end")
           yield* drainLeases(pluginId, "upgrade", o.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS)
         }
         return yield* installer.upgrade(pluginId, source, o)
@@ -102,7 +102,7 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         const u = yield* usage(pluginId)
         if (u.leases.length + u.environments.length > 0) {
-          if (o.drain !== true) return yield* Effect.fail(inUse(pluginId, u, "uninstall", "; pass drain to archive the environments and wait for the leases to end"))
+          if (o.drain !== true) return yield* inUse(pluginId, u, "uninstall", "; pass drain to archive the environments and wait for the leases to end")
           // no new lease may start on a provider that is going away
           for (const e of u.environments) yield* Effect.ignore(environments.archive(e.id))
           yield* drainLeases(pluginId, "uninstall", o.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS)

@@ -65,7 +65,7 @@ export const make = (dataDir: string) =>
       Effect.gen(function* () {
         const resolved = yield* resolveSource(source)
         if (linked && resolved.kind !== "folder") {
-          return yield* Effect.fail(new SourceUnavailable({ source, message: "only a folder can be installed linked" }))
+          return yield* new SourceUnavailable({ source, message: "only a folder can be installed linked" })
         }
         const unsafe = (problems: ReadonlyArray<string>) =>
           new UnsafePackage({ source, problems, message: `refused to install ${source}: ${problems.join("; ")}` })
@@ -81,7 +81,7 @@ export const make = (dataDir: string) =>
           const tarball = resolved.kind === "npm"
             ? yield* Effect.zipRight(Effect.sync(() => mkdirSync(join(staging, "fetch"), { recursive: true })), npmPack(resolved.location, join(staging, "fetch")))
             : resolved.location
-          if (statSync(tarball).size > MAX_TARBALL_BYTES) return yield* Effect.fail(unsafe([`the tarball is larger than ${MAX_TARBALL_BYTES} bytes`]))
+          if (statSync(tarball).size > MAX_TARBALL_BYTES) return yield* unsafe([`the tarball is larger than ${MAX_TARBALL_BYTES} bytes`])
           const bytes = readFileSync(tarball)
           sha512 = integrity(bytes)
           yield* Effect.try({ try: () => extractTarball(bytes, pkg), catch: (e) => unsafe(problemsOf(e)) })
@@ -90,7 +90,8 @@ export const make = (dataDir: string) =>
           new ManifestInvalid({ path: source, problems: e.problems, message: `invalid plugin at ${source}: ${e.problems.join("; ")}` }))
         const bad = entrypointProblem(root, loaded.workerEntry)
         if (bad !== undefined) {
-          return yield* Effect.fail(bad.outside ? unsafe([bad.message]) : new ManifestInvalid({ path: source, problems: [bad.message], message: `invalid plugin at ${source}: ${bad.message}` }))
+          if (bad.outside) return yield* unsafe([bad.message])
+          return yield* new ManifestInvalid({ path: source, problems: [bad.message], message: `invalid plugin at ${source}: ${bad.message}` })
         }
         const staged: Staged = {
           root,
@@ -157,10 +158,10 @@ export const make = (dataDir: string) =>
         Effect.gen(function* () {
           const existing = yield* Effect.option(host.status(s.id))
           if (existing._tag === "Some") {
-            return yield* Effect.fail(new PluginConflict({
+            return yield* new PluginConflict({
               pluginId: s.id,
               message: `plugin "${s.id}" is already installed (version ${existing.value.version}${existing.value.source ? ` from ${existing.value.source.location}` : ""}); use upgrade to replace it`
-            }))
+            })
           }
           const hadRecord = (yield* records.list).find((r) => r.id === s.id)
           const path = yield* place(s)
@@ -176,10 +177,10 @@ export const make = (dataDir: string) =>
           if (started._tag === "Left") {
             const status = yield* Effect.option(host.status(s.id))
             yield* undo
-            return yield* Effect.fail(new PluginStartRefused({
+            return yield* new PluginStartRefused({
               pluginId: s.id,
               message: `plugin "${s.id}" ${s.version} did not start: ${started.left.message}${status._tag === "Some" && status.value.lastError && status.value.lastError !== started.left.message ? ` (${status.value.lastError})` : ""}`
-            }))
+            })
           }
           return started.right
         }))
@@ -190,20 +191,20 @@ export const make = (dataDir: string) =>
         return yield* withStaged(source, o.linked === true, (s) =>
           Effect.gen(function* () {
             if (s.id !== pluginId) {
-              return yield* Effect.fail(new PluginConflict({ pluginId, message: `the package at ${source} is plugin "${s.id}", not "${pluginId}"` }))
+              return yield* new PluginConflict({ pluginId, message: `the package at ${source} is plugin "${s.id}", not "${pluginId}"` })
             }
             const installedName = current.source?.packageName ?? null
             if (installedName !== null && s.source.packageName !== null && installedName !== s.source.packageName) {
-              return yield* Effect.fail(new PluginConflict({
+              return yield* new PluginConflict({
                 pluginId,
                 message: `plugin "${pluginId}" was installed from package "${installedName}"; "${s.source.packageName}" declares the same id but is another package (uninstall first to replace it)`
-              }))
+              })
             }
             if (semverLess(s.version, current.version) && o.allowDowngrade !== true) {
-              return yield* Effect.fail(new DowngradeRefused({
+              return yield* new DowngradeRefused({
                 pluginId, installed: current.version, offered: s.version,
                 message: `plugin "${pluginId}" ${current.version} is installed; ${s.version} is lower (pass allowDowngrade to install it anyway)`
-              }))
+              })
             }
             const schema = s.info.manifest.instanceConfigSchema
             if (schema) {
@@ -213,10 +214,10 @@ export const make = (dataDir: string) =>
                 for (const p of validateAgainst(schema, config)) problems.push(`company ${companyId}: ${p}`)
               }
               if (problems.length > 0) {
-                return yield* Effect.fail(new ConfigIncompatible({
+                return yield* new ConfigIncompatible({
                   pluginId, problems,
                   message: `saved configs of plugin "${pluginId}" do not validate against version ${s.version}'s instanceConfigSchema: ${problems.join("; ")}`
-                }))
+                })
               }
             }
             const oldRecord = (yield* records.list).find((r) => r.id === pluginId)
@@ -225,7 +226,8 @@ export const make = (dataDir: string) =>
             if (swapped._tag === "Left") {
               yield* unplace(s, path)
               const e = swapped.left
-              return yield* Effect.fail(e._tag === "PluginStartFailed" ? new PluginStartRefused({ pluginId, message: e.message }) : e)
+              if (e._tag === "PluginStartFailed") return yield* new PluginStartRefused({ pluginId, message: e.message })
+              return yield* e
             }
             // the old copy (not a linked folder, not a bundled plugin) is no longer needed
             if (oldRecord && oldRecord.root !== path && isInside(join(directory, pluginId), oldRecord.root) && oldRecord.source?.linked !== true) {

@@ -463,7 +463,7 @@ export const make = Effect.gen(function* () {
       const old = yield* find(pluginId)
       const l = yield* loadPluginFolder(folder, options.hostVersion)
       if (l.info.manifest.id !== pluginId) {
-        return yield* Effect.fail(new PluginConflict({ pluginId, message: `the package is plugin "${l.info.manifest.id}", not "${pluginId}"` }))
+        return yield* new PluginConflict({ pluginId, message: `the package is plugin "${l.info.manifest.id}", not "${pluginId}"` })
       }
       const next = newEntry(l.root, l.info, { kind: "process", entry: l.workerEntry }, installSource, old.status === "disabled" ? "disabled" : "installed", null)
       if (old.status !== "disabled") {
@@ -484,10 +484,10 @@ export const make = Effect.gen(function* () {
           // the old version's status is what the records say again
           yield* records.setStatus(pluginId, old.status, old.lastError)
           const why = started._tag === "Left" ? started.left.message : healthProblem!
-          return yield* Effect.fail(new PluginStartFailed({
+          return yield* new PluginStartFailed({
             pluginId,
             message: scrub(`version ${l.info.manifest.version} of plugin "${pluginId}" did not start: ${why}${tail && !why.includes(tail.slice(-200)) ? `; stderr tail: ${tail.slice(-1000)}` : ""}; version ${old.info.manifest.version} keeps serving`)
-          }))
+          })
         }
       }
       // switch: new calls find the new incarnation from here on

@@ -82,10 +82,10 @@ export const npmPack = (spec: string, dest: string, timeoutMs = 120_000): Effect
       const text = `${r.stderr}\n${r.stdout}`
       const notFound = /E404|404 Not Found|is not in this registry|No matching version|ETARGET/i.test(text)
       const line = text.split("\n").map((l) => l.replace(/^npm (ERR!|error) ?/, "").trim()).filter((l) => l.length > 0 && !l.startsWith("A complete log"))
-      return yield* Effect.fail(unavailable(notFound ? `no such package or version in the registry (${line.slice(0, 2).join(" ")})` : line.slice(0, 3).join(" ") || `exit code ${r.code}`))
+      return yield* unavailable(notFound ? `no such package or version in the registry (${line.slice(0, 2).join(" ")})` : line.slice(0, 3).join(" ") || `exit code ${r.code}`)
     }
     const files = readdirSync(dest).filter((f) => f.endsWith(".tgz"))
-    if (files.length !== 1) return yield* Effect.fail(unavailable(`expected one tarball, npm wrote ${files.length}`))
+    if (files.length !== 1) return yield* unavailable(`expected one tarball, npm wrote ${files.length}`)
     return join(dest, files[0]!)
   })
 
