@@ -5,6 +5,8 @@ import { Args, Command as Cli, Options } from "@effect/cli"
 import { NodeStream } from "@effect/platform-node"
 import { Clock, Config, Console, Data, Duration, Effect, Fiber, Option, Redacted, Schedule, Schema, Stream } from "effect"
 import { Agent, Company, Environment, Lease, LocalGrant, Plugin, ProviderPolicy, Run, Secret, Token, TokenWithValue } from "../server/Api.js"
+import { homedir } from "node:os"
+import { join, resolve } from "node:path"
 import { type ClientError, describeError, GantryClient, layer as clientLayer, TransportError } from "./http.js"
 
 export type RunJson = typeof Run.Type
@@ -290,8 +292,39 @@ const pluginDetails = (p: typeof Plugin.Type) =>
 
 const pluginId = arg("pluginId", "Plugin id (see `gantry plugins list`)")
 
-const plugins = group("plugins", "Installed plugins", "list | get <id> | enable <id> | disable <id> | logs <id>").pipe(
+/** A local path (./x, ../x, /x, ~/x, x.tgz, dir/x) becomes absolute for the server; anything else is an npm spec. */
+export const sourceArg = (source: string): string => {
+  const s = source.trim()
+  if (s.startsWith("~/")) return join(homedir(), s.slice(2))
+  const looksLikePath = s.startsWith(".") || s.startsWith("/") || /\.(tgz|tar\.gz)$/.test(s) || (s.includes("/") && !s.startsWith("@"))
+  return looksLikePath ? resolve(s) : s
+}
+const sourceOption = arg("source", "A plugin folder, a .tgz file, or an npm package spec (name, @scope/name, name@version)")
+const allowDowngrade = Options.boolean("allow-downgrade").pipe(Options.withDescription("Accept a version lower than the installed one"))
+const drain = Options.boolean("drain").pipe(Options.withDescription("Wait (bounded) for the provider's live leases to end instead of refusing; uninstall also archives its environments"))
+const pluginLine = (verb: string) => (p: typeof Plugin.Type) =>
+  `plugin ${p.pluginId} ${p.version} ${verb}: ${p.status}, worker ${p.workerStatus}${p.source ? ` (from ${p.source.location}${p.source.sha512 ? `, ${p.source.sha512.slice(0, 23)}…` : ""}${p.source.linked ? ", linked" : ""})` : ""}`
+
+const plugins = group("plugins", "Installed plugins", "list | get <id> | enable <id> | disable <id> | logs <id> | install <source> | upgrade <id> <source> | uninstall <id> | dev <dir>").pipe(
   Cli.withSubcommands([
+    leaf("install", "Install a plugin from a folder, a .tgz or npm, and start it (admin token)", { source: sourceOption }, (o) =>
+      withProgress(`installing ${o.source}`, withClient((c) => c.post("/api/plugins", { source: sourceArg(o.source) }))).pipe(
+        Effect.flatMap((raw) => show(o.json, Plugin, raw, pluginLine("installed"))))),
+    leaf("upgrade", "Replace an installed plugin's package without dropping calls (admin token)", { pluginId, source: sourceOption, allowDowngrade, drain }, (o) =>
+      withProgress(`upgrading ${o.pluginId}`, withClient((c) => c.post(path("/api/plugins", o.pluginId, "upgrade"), {
+        source: sourceArg(o.source), allowDowngrade: o.allowDowngrade, drain: o.drain
+      }))).pipe(Effect.flatMap((raw) => show(o.json, Plugin, raw, pluginLine("running"))))),
+    leaf("uninstall", "Stop and remove a plugin; its config, state and logs stay unless --purge (admin token)", {
+      pluginId,
+      purge: Options.boolean("purge").pipe(Options.withDescription("Also delete the plugin's config, state, logs and job history")),
+      drain
+    }, (o) =>
+      withProgress(`uninstalling ${o.pluginId}`, withClient((c) => c.del(`${path("/api/plugins", o.pluginId)}?purge=${o.purge}&drain=${o.drain}`))).pipe(
+        Effect.flatMap((raw) => show(o.json, Schema.Struct({ pluginId: Schema.String, purged: Schema.Boolean }), raw, (r) =>
+          `plugin ${r.pluginId} uninstalled${r.purged ? " and purged" : " (config, state and logs kept)"}`)))),
+    leaf("dev", "Run a plugin folder linked: rebuild on change, restart the worker gracefully, stream its log (admin token; Ctrl-C stops)", {
+      dir: arg("dir", "The plugin folder")
+    }, (o) => Effect.flatMap(Effect.promise(() => import("./dev.js")), ({ dev }) => dev(resolve(o.dir)))),
     leaf("list", "List plugins with their status", {}, (o) =>
       withClient((c) => c.get("/api/plugins")).pipe(Effect.flatMap((raw) =>
         show(o.json, Schema.Array(Plugin), raw, (ps) =>

@@ -4,7 +4,9 @@ import { Console, Effect, Layer } from "effect"
 import { existsSync } from "node:fs"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
+import { packageName } from "../host/packages.js"
 import { PluginHost } from "../host/PluginHost.js"
+import { PluginRecords } from "../host/PluginRecords.js"
 import { ApiTokens } from "../server/Auth.js"
 import * as Server from "../server/Server.js"
 import { HttpServer } from "@effect/platform"
@@ -31,8 +33,14 @@ export const bootPlugins = Effect.gen(function* () {
   const host = yield* PluginHost
   yield* host.restore
   const known = new Set((yield* host.list).map((p) => p.pluginId))
+  // a bundled plugin the operator uninstalled stays uninstalled
+  const records = yield* Effect.serviceOption(PluginRecords)
+  const uninstalled = new Set(records._tag === "Some"
+    ? (yield* records.value.list).filter((r) => r.status === "uninstalled").map((r) => r.root)
+    : [])
   for (const dir of bundledPlugins()) {
-    const installed = yield* Effect.either(host.install(dir))
+    if (uninstalled.has(dir)) continue
+    const installed = yield* Effect.either(host.install(dir, { kind: "bundled", location: dir, sha512: null, packageName: packageName(dir), linked: false }))
     if (installed._tag === "Left" && installed.left._tag !== "PluginConflict") yield* Console.error(`plugin at ${dir}: ${installed.left.message}`)
   }
   for (const p of yield* host.list) {

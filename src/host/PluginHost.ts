@@ -63,6 +63,20 @@ export interface PluginSnapshot {
   readonly crashesInWindow: number
   /** How the last worker ran: in its sandbox, trusted (operator allow-list), or unsandboxed (flagged); null before a start. */
   readonly isolation: Isolation | null
+  /** Where an installed package came from (SPEC §15); null for plugins registered from a folder in place. */
+  readonly source: InstallSource | null
+}
+
+/** How a plugin package was installed (recorded with the plugin). */
+export interface InstallSource {
+  readonly kind: "folder" | "tarball" | "npm" | "bundled"
+  /** What the operator gave: an absolute path or an npm spec. */
+  readonly location: string
+  /** npm-style integrity of what was installed (the tarball; for a folder, a digest of the copied files). */
+  readonly sha512: string | null
+  readonly packageName: string | null
+  /** Run from the source folder itself (dev loop), not from a copy. */
+  readonly linked: boolean
 }
 
 export interface CallOptions {
@@ -78,10 +92,15 @@ interface Running {
   readonly peer: Peer.Peer
   readonly invocations: Map<string, Invocation>
   readonly transport: Transport
+  /** Host→worker calls not yet answered (an upgrade stops the old worker once this is 0). */
+  inFlight: number
 }
 
 interface Entry {
   readonly pluginId: string
+  /** Key of this incarnation's supervisor (an upgrade runs two side by side). */
+  readonly key: string
+  readonly installSource: InstallSource | null
   readonly root: string
   readonly info: ManifestInfo
   readonly source: Source
@@ -124,7 +143,10 @@ const timeoutFor = (o: HostOptionsShape, method: string, params: unknown): numbe
 const TAIL = 4096
 
 export interface PluginHostShape {
-  readonly install: (folder: string) => Effect.Effect<PluginSnapshot, ManifestInvalid | PluginConflict>
+  readonly install: (folder: string, source?: InstallSource) => Effect.Effect<PluginSnapshot, ManifestInvalid | PluginConflict>
+  /** Start `folder` beside the running version, initialize and health-check it, switch calls to it,
+   * then stop the old worker once its in-flight calls ended. On any failure the old one keeps serving. */
+  readonly upgrade: (pluginId: string, folder: string, source: InstallSource) => Effect.Effect<PluginSnapshot, ManifestInvalid | PluginNotFound | PluginStartFailed | PluginConflict>
   /** Re-register the plugins recorded by a previous run of this instance, with their persisted status
    * (not started: the caller starts the ones that should run). */
   readonly restore: Effect.Effect<ReadonlyArray<PluginSnapshot>>
@@ -165,6 +187,7 @@ export const make = Effect.gen(function* () {
       return records.setStatus(e.pluginId, status, e.lastError)
     })
   const supervisors = yield* FiberMap.make<string>()
+  let generation = 0
   const runtime = yield* Effect.runtime<never>()
   const runBackground = Runtime.runFork(runtime)
 
@@ -184,7 +207,8 @@ export const make = Effect.gen(function* () {
     health: e.health,
     restarts: e.restarts,
     crashesInWindow: e.crashes.length,
-    isolation: e.source.kind === "in-process" ? "trusted" : e.isolation ?? null
+    isolation: e.source.kind === "in-process" ? "trusted" : e.isolation ?? null,
+    source: e.installSource
   })
 
   const find = (pluginId: string) =>
@@ -195,24 +219,25 @@ export const make = Effect.gen(function* () {
         : Effect.fail(new PluginNotFound({ pluginId, message: `plugin "${pluginId}" is not installed` }))
     })
 
-  const register = (root: string, info: ManifestInfo, source: Source, restored?: { status: PluginStatus; lastError: string | null }) =>
+  const newEntry = (root: string, info: ManifestInfo, source: Source, installSource: InstallSource | null, status: PluginStatus, lastError: string | null): Entry => ({
+    pluginId: info.manifest.id, key: `${info.manifest.id}#${++generation}`, installSource, root, info, source, status, workerStatus: "stopped",
+    lastError, health: null, supportedMethods: [], crashes: [], restarts: 0, current: undefined, stopSignal: undefined, stderrTail: ""
+  })
+  const recordOf = (e: Entry) => ({
+    id: e.pluginId, root: e.root, version: e.info.manifest.version, manifest: e.info.manifest, status: e.status, lastError: e.lastError,
+    source: e.installSource
+  })
+
+  const register = (root: string, info: ManifestInfo, source: Source, restored?: { status: PluginStatus; lastError: string | null }, installSource?: InstallSource | null) =>
     Effect.suspend(() => {
       const id = info.manifest.id
       const existing = entries.get(id)
       if (existing && existing.status !== "uninstalled") {
         return Effect.fail(new PluginConflict({ pluginId: id, message: `plugin "${id}" is already installed` }))
       }
-      const status = restored?.status ?? "installed"
-      const lastError = restored?.lastError ?? null
-      const e: Entry = {
-        pluginId: id, root, info, source, status, workerStatus: "stopped", lastError, health: null,
-        supportedMethods: [], crashes: [], restarts: 0, current: undefined, stopSignal: undefined, stderrTail: ""
-      }
+      const e = newEntry(root, info, source, installSource ?? null, restored?.status ?? "installed", restored?.lastError ?? null)
       entries.set(id, e)
-      return Effect.as(
-        records.upsert({ id, root, version: info.manifest.version, manifest: info.manifest, status, lastError }),
-        snapshot(e)
-      )
+      return Effect.as(records.upsert(recordOf(e)), snapshot(e))
     })
 
   const log = (e: Entry, level: "debug" | "info" | "warn" | "error", message: string) => stores.log.append(e.pluginId, level, message)
@@ -223,15 +248,20 @@ export const make = Effect.gen(function* () {
     return { id, scope: { companyId } }
   }
 
-  const callRunning = (e: Entry, r: Running, method: string, params: unknown, o?: CallOptions) => {
+  const callRunning = (_e: Entry, r: Running, method: string, params: unknown, o?: CallOptions) => {
     const timeoutMs = o?.timeoutMs ?? timeoutFor(options, method, params)
-    if (!o?.companyId) return r.peer.call(method, params, { timeoutMs }).pipe(Effect.map(scrub), Effect.mapError(scrubError))
+    const counted = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+      Effect.suspend(() => {
+        r.inFlight++
+        return Effect.ensuring(self, Effect.sync(() => void r.inFlight--))
+      })
+    if (!o?.companyId) return counted(r.peer.call(method, params, { timeoutMs }).pipe(Effect.map(scrub), Effect.mapError(scrubError)))
     const inv = invocationFor(r, o.companyId, o.onExecuteLog ? { onExecuteLog: o.onExecuteLog } : {})
-    return r.peer.call(method, params, { timeoutMs, invocation: inv }).pipe(
+    return counted(r.peer.call(method, params, { timeoutMs, invocation: inv }).pipe(
       Effect.map(scrub),
       Effect.mapError(scrubError),
       Effect.ensuring(Effect.sync(() => r.invocations.delete(inv.id)))
-    )
+    ))
   }
 
   /** One incarnation of the worker: spawn, handshake, serve until exit/stop/unhealthy. */
@@ -286,7 +316,7 @@ export const make = Effect.gen(function* () {
           closedMessage: () =>
             `worker of plugin "${e.pluginId}" is unavailable (${exitDesc})${e.stderrTail.trim() ? `; stderr tail: ${e.stderrTail.trim().slice(-1000)}` : ""}`
         })
-        const r: Running = { peer, invocations, transport }
+        const r: Running = { peer, invocations, transport, inFlight: 0 }
         running.r = r
         const init = yield* peer.call("initialize", {
           manifest,
@@ -368,7 +398,11 @@ export const make = Effect.gen(function* () {
           e.lastError = message
           e.crashes = [...e.crashes.filter((t) => now - t < options.crashWindowMs), now]
           yield* log(e, "error", message)
-          yield* Deferred.fail(firstStart, new PluginStartFailed({ pluginId: e.pluginId, message }))
+          const tail = scrub(e.stderrTail.trim())
+          yield* Deferred.fail(firstStart, new PluginStartFailed({
+            pluginId: e.pluginId,
+            message: tail && !message.includes(tail.slice(-200)) ? `${message}; stderr tail: ${tail.slice(-1000)}` : message
+          }))
           if (e.crashes.length >= options.crashLimit) {
             e.lastError = `crash loop: ${e.crashes.length} crashes within ${options.crashWindowMs} ms; last: ${message}`
             yield* setStatus(e, "error")
@@ -391,7 +425,7 @@ export const make = Effect.gen(function* () {
     Effect.gen(function* () {
       const e = yield* find(pluginId)
       if (e.current && e.workerStatus === "running") return snapshot(e)
-      const running = yield* FiberMap.get(supervisors, pluginId).pipe(Effect.option)
+      const running = yield* FiberMap.get(supervisors, e.key).pipe(Effect.option)
       if (running._tag === "Some") {
         yield* Deferred.succeed(e.stopSignal!, undefined)
         yield* Fiber.await(running.value)
@@ -401,19 +435,19 @@ export const make = Effect.gen(function* () {
       if (e.status === "error" || e.status === "disabled") yield* setStatus(e, "installed")
       e.stopSignal = yield* Deferred.make<void>()
       const firstStart = yield* Deferred.make<void, PluginStartFailed>()
-      yield* FiberMap.run(supervisors, pluginId, supervise(e, firstStart))
+      yield* FiberMap.run(supervisors, e.key, supervise(e, firstStart))
       yield* Deferred.await(firstStart)
       return snapshot(e)
     })
 
   const stopEntry = (e: Entry) =>
     Effect.gen(function* () {
-      const fiber = yield* FiberMap.get(supervisors, e.pluginId).pipe(Effect.option)
+      const fiber = yield* FiberMap.get(supervisors, e.key).pipe(Effect.option)
       if (fiber._tag === "None") return
       if (e.stopSignal) yield* Deferred.succeed(e.stopSignal, undefined)
       if (e.workerStatus === "running" || e.workerStatus === "stopping") yield* Fiber.await(fiber.value)
       else yield* Fiber.interrupt(fiber.value)
-      yield* FiberMap.remove(supervisors, e.pluginId)
+      yield* FiberMap.remove(supervisors, e.key)
       e.workerStatus = "stopped"
     })
 
@@ -422,9 +456,63 @@ export const make = Effect.gen(function* () {
   )
   yield* Effect.addFinalizer(() => stopAll)
 
+  /** The old incarnation after a swap: wait (bounded) for its in-flight calls, then stop it. */
+  const retire = (old: Entry) =>
+    Effect.gen(function* () {
+      const r = old.current
+      if (r) {
+        yield* Effect.repeat(Effect.sync(() => r.inFlight), {
+          while: (n) => n > 0,
+          schedule: Schedule.spaced(Duration.millis(10)).pipe(Schedule.upTo(Duration.millis(options.callTimeoutMs)))
+        })
+      }
+      yield* stopEntry(old)
+    })
+
+  const upgrade = (pluginId: string, folder: string, installSource: InstallSource) =>
+    Effect.gen(function* () {
+      const old = yield* find(pluginId)
+      const l = yield* loadPluginFolder(folder, options.hostVersion)
+      if (l.info.manifest.id !== pluginId) {
+        return yield* new PluginConflict({ pluginId, message: `the package is plugin "${l.info.manifest.id}", not "${pluginId}"` })
+      }
+      const next = newEntry(l.root, l.info, { kind: "process", entry: l.workerEntry }, installSource, old.status === "disabled" ? "disabled" : "installed", null)
+      if (old.status !== "disabled") {
+        next.stopSignal = yield* Deferred.make<void>()
+        const firstStart = yield* Deferred.make<void, PluginStartFailed>()
+        yield* FiberMap.run(supervisors, next.key, supervise(next, firstStart))
+        const started = yield* Effect.either(Deferred.await(firstStart))
+        const health = started._tag === "Right" && next.current
+          ? yield* Effect.either(callRunning(next, next.current, "health", {}, { timeoutMs: Math.min(options.callTimeoutMs, 10_000) }))
+          : undefined
+        const healthProblem = health === undefined ? undefined
+          : health._tag === "Left" ? `its first health check failed: ${health.left.message}`
+          : (health.right as HealthResult | null)?.status === "error" ? `its first health check answered "error"${(health.right as HealthResult).message ? `: ${(health.right as HealthResult).message}` : ""}`
+          : undefined
+        if (started._tag === "Left" || healthProblem !== undefined) {
+          const tail = next.stderrTail.trim()
+          yield* stopEntry(next)
+          // the old version's status is what the records say again
+          yield* records.setStatus(pluginId, old.status, old.lastError)
+          const why = started._tag === "Left" ? started.left.message : healthProblem!
+          return yield* new PluginStartFailed({
+            pluginId,
+            message: scrub(`version ${l.info.manifest.version} of plugin "${pluginId}" did not start: ${why}${tail && !why.includes(tail.slice(-200)) ? `; stderr tail: ${tail.slice(-1000)}` : ""}; version ${old.info.manifest.version} keeps serving`)
+          })
+        }
+      }
+      // switch: new calls find the new incarnation from here on
+      entries.set(pluginId, next)
+      yield* records.upsert(recordOf(next))
+      yield* log(next, "info", `upgraded from ${old.info.manifest.version} to ${next.info.manifest.version}`)
+      yield* retire(old)
+      return snapshot(next)
+    })
+
   const host: PluginHostShape = {
-    install: (folder) =>
-      Effect.flatMap(loadPluginFolder(folder, options.hostVersion), (l) => register(l.root, l.info, { kind: "process", entry: l.workerEntry })),
+    install: (folder, installSource) =>
+      Effect.flatMap(loadPluginFolder(folder, options.hostVersion), (l) => register(l.root, l.info, { kind: "process", entry: l.workerEntry }, undefined, installSource ?? null)),
+    upgrade,
     restore: Effect.gen(function* () {
       const out: Array<PluginSnapshot> = []
       for (const r of yield* records.list) {
@@ -436,7 +524,7 @@ export const make = Effect.gen(function* () {
           continue
         }
         const l = loaded.right
-        const snap = yield* Effect.either(register(l.root, l.info, { kind: "process", entry: l.workerEntry }, { status: r.status, lastError: r.lastError }))
+        const snap = yield* Effect.either(register(l.root, l.info, { kind: "process", entry: l.workerEntry }, { status: r.status, lastError: r.lastError }, r.source ?? null))
         if (snap._tag === "Right") out.push(snap.right)
       }
       return out

@@ -45,7 +45,10 @@ export const Plugin = Schema.Struct({
   workerStatus: opt(Schema.String), mode: opt(Schema.String), pid: opt(Schema.NullOr(Schema.Number)), supportedMethods: opt(Schema.Array(Schema.String)),
   inactiveCapabilities: opt(Schema.Array(Schema.String)), ignoredFields: opt(Schema.Array(Schema.String)),
   lastError: opt(Schema.NullOr(Schema.String)), health: opt(Schema.NullOr(Json)), restarts: opt(Schema.Number), crashesInWindow: opt(Schema.Number),
-  isolation: opt(Schema.NullOr(Schema.Literal("sandboxed", "trusted", "unsandboxed")))
+  isolation: opt(Schema.NullOr(Schema.Literal("sandboxed", "trusted", "unsandboxed"))),
+  source: opt(Schema.NullOr(Schema.Struct({
+    kind: Schema.String, location: Schema.String, sha512: Schema.NullOr(Schema.String), packageName: Schema.NullOr(Schema.String), linked: Schema.Boolean
+  })))
 })
 export const TokenRole = Schema.Literal("admin", "company", "company-read")
 /** A token as listed: never its value. */
@@ -65,6 +68,16 @@ export const Health = Schema.Struct({
   ok: Schema.Boolean, status: Schema.Literal("ok", "degraded"), reason: opt(Schema.String),
   instanceId: opt(Schema.String), version: opt(Schema.String), database: opt(Schema.String)
 })
+const PluginInstall = strict(Schema.Struct({
+  source: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(4096)).annotations({ description: "an absolute folder or .tgz path on the server's machine, or an npm package spec (name, name@version)" }),
+  allowDowngrade: opt(Schema.Boolean),
+  linked: opt(Schema.Boolean.annotations({ description: "folders only: run the folder in place instead of a copy (the dev loop)" }))
+}))
+const PluginUpgrade = strict(Schema.Struct({
+  ...PluginInstall.fields,
+  drain: opt(Schema.Boolean.annotations({ description: "wait (bounded) for the provider's live leases to end instead of refusing" })),
+  drainTimeoutMs: opt(Schema.Int.pipe(Schema.between(0, 3_600_000)))
+}))
 
 // ---- params ----
 const companyId = HttpApiSchema.param("companyId", Schema.String)
@@ -127,6 +140,11 @@ export class SecretsGroup extends HttpApiGroup.make("secrets")
 const JobRun = Json
 export class PluginsGroup extends HttpApiGroup.make("plugins")
   .add((HttpApiEndpoint.get("list", "/api/plugins").addSuccess(Schema.Array(Plugin))))
+  .add((HttpApiEndpoint.post("install", "/api/plugins").setPayload(PluginInstall).addSuccess(Plugin, { status: 201 })))
+  .add((HttpApiEndpoint.post("upgrade")`/api/plugins/${pluginId}/upgrade`.setPayload(PluginUpgrade).addSuccess(Plugin)))
+  .add((HttpApiEndpoint.del("uninstall")`/api/plugins/${pluginId}`
+    .setUrlParams(Schema.Struct({ purge: opt(Schema.Literal("true", "false")), drain: opt(Schema.Literal("true", "false")), drainTimeoutMs: opt(Schema.NumberFromString) }))
+    .addSuccess(Schema.Struct({ pluginId: Schema.String, uninstalled: Schema.Boolean, purged: Schema.Boolean }))))
   .add((HttpApiEndpoint.get("get")`/api/plugins/${pluginId}`.addSuccess(Plugin)))
   .add((HttpApiEndpoint.post("enable")`/api/plugins/${pluginId}/enable`.addSuccess(Plugin)))
   .add((HttpApiEndpoint.post("disable")`/api/plugins/${pluginId}/disable`.addSuccess(Plugin)))

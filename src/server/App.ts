@@ -9,12 +9,14 @@ import * as SecretStore from "../host/capabilities/SecretStore.js"
 import { HostOptions, type HostOptionsShape } from "../host/HostOptions.js"
 import * as Instance from "../host/Instance.js"
 import * as PluginConfigs from "../host/PluginConfigs.js"
+import * as Installer from "../host/Installer.js"
 import * as PluginHost from "../host/PluginHost.js"
 import { PluginRecords } from "../host/PluginRecords.js"
 import * as Environments from "../environments/Environments.js"
 import * as Execution from "../environments/Execution.js"
 import * as Leases from "../environments/Leases.js"
 import * as Operator from "../environments/Operator.js"
+import * as PluginAdmin from "../environments/PluginAdmin.js"
 import * as Provider from "../environments/Provider.js"
 import * as RunToken from "../environments/RunToken.js"
 import * as RuntimeUrl from "../environments/RuntimeUrl.js"
@@ -60,13 +62,13 @@ export const layer = <RU = never>(o: AppOptions, runtimeUrlLayer?: Layer.Layer<R
     runtimeUrlLayer ?? (o.runtimeUrl ? Layer.orDie(RuntimeUrl.layer(o.runtimeUrl)) : RuntimeUrl.layerStatic(["http://127.0.0.1:3100"])),
     RunToken.layerConfig
   )
-  const hostServices = Layer.mergeAll(PluginConfigs.layer, JobScheduler.layer, providers)
+  const hostServices = Layer.mergeAll(PluginConfigs.layer, JobScheduler.layer, providers, Installer.layer(o.dataDir))
   const envServices = Layer.mergeAll(Leases.layer(o.leases ?? {}), Execution.layer, Companies.layer)
   const work = Layer.mergeAll(Environments.layer, Agents.layer)
   const runSecrets = Layer.effect(Runs.RunSecrets, Effect.map(SecretStore.SecretStore, (store) => Runs.RunSecrets.of({
     resolveForRun: (companyId, ref) => Effect.mapError(store.reveal(companyId, ref.secretId, ref.version ?? null), (e) => e.message)
   })))
-  return Runs.layer({ dataDir: o.dataDir, ...o.runs }).pipe(
+  return Layer.merge(Runs.layer({ dataDir: o.dataDir, ...o.runs }), PluginAdmin.layer).pipe(
     Layer.provideMerge(Layer.merge(work, runSecrets)),
     Layer.provideMerge(envServices),
     Layer.provideMerge(hostServices),

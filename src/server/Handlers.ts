@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto"
 import { Environments, type Saver } from "../environments/Environments.js"
 import { OperatorPolicy } from "../environments/Operator.js"
 import { Leases } from "../environments/Leases.js"
+import { PluginAdmin } from "../environments/PluginAdmin.js"
 import * as JobScheduler from "../host/capabilities/JobScheduler.js"
 import { Redactor } from "../host/capabilities/Redactor.js"
 import { SecretStore } from "../host/capabilities/SecretStore.js"
@@ -167,6 +168,32 @@ const PluginsLive = HttpApiBuilder.group(GantryApi, "plugins", (h) =>
       const view = pluginView((yield* CurrentActor).kind === "admin")
       return view(yield* api((yield* PluginHost).status(path.pluginId)))
     }))
+    .handle("install", ({ payload }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        return yield* api((yield* PluginAdmin).install(payload.source, payload.linked === true ? { linked: true } : {}))
+      }))
+    .handle("upgrade", ({ path, payload }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        return yield* api((yield* PluginAdmin).upgrade(path.pluginId, payload.source, {
+          allowDowngrade: payload.allowDowngrade === true,
+          linked: payload.linked === true,
+          drain: payload.drain === true,
+          ...(payload.drainTimeoutMs !== undefined ? { drainTimeoutMs: payload.drainTimeoutMs } : {})
+        }))
+      }))
+    .handle("uninstall", ({ path, urlParams }) =>
+      Effect.gen(function* () {
+        yield* requireAdmin
+        const purge = urlParams.purge === "true"
+        yield* api((yield* PluginAdmin).uninstall(path.pluginId, {
+          purge,
+          drain: urlParams.drain === "true",
+          ...(urlParams.drainTimeoutMs !== undefined ? { drainTimeoutMs: urlParams.drainTimeoutMs } : {})
+        }))
+        return { pluginId: path.pluginId, uninstalled: true, purged: purge }
+      }))
     .handle("enable", ({ path }) =>
       Effect.gen(function* () {
         yield* requireAdmin

@@ -61,10 +61,10 @@ export const toApiError = (e: unknown): ApiError => {
   if (e instanceof BadRequest || e instanceof Unauthorized || e instanceof Forbidden || e instanceof NotFound || e instanceof Conflict ||
     e instanceof PayloadTooLarge || e instanceof Unprocessable || e instanceof TooManyRequests || e instanceof NotImplementedError ||
     e instanceof BadGateway || e instanceof Unavailable || e instanceof GatewayTimeout || e instanceof Internal) return e
-  const err = e as { _tag?: string; status?: unknown; code?: unknown; message?: unknown; errors?: unknown; data?: unknown }
+  const err = e as { _tag?: string; status?: unknown; code?: unknown; message?: unknown; errors?: unknown; problems?: unknown; data?: unknown }
   const tag = typeof err?._tag === "string" ? err._tag : "Error"
   const message = typeof err?.message === "string" ? err.message : String(e)
-  const details = err?.errors ?? (err?.data !== undefined ? err.data : undefined)
+  const details = err?.errors ?? err?.problems ?? (err?.data !== undefined ? err.data : undefined)
   if (typeof err?.status === "number") return apiError(err.status, snake(tag), message, details)
   if (typeof err?.code === "number") {
     const s = rpcStatus[err.code] ?? 502

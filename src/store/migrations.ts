@@ -100,6 +100,10 @@ export const migrations: ReadonlyArray<readonly [number, string, Statements]> = 
     `ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT`,
     `CREATE TABLE IF NOT EXISTS local_grants (company_id TEXT PRIMARY KEY, granted_at BIGINT NOT NULL)`,
     `CREATE TABLE IF NOT EXISTS provider_policies (provider TEXT PRIMARY KEY, policy TEXT NOT NULL, updated_at BIGINT NOT NULL)`
+  ]],
+  // plugin distribution (src/host/Installer.ts): how a package was installed, JSON {kind, location, sha512, packageName, linked}
+  [8, "plugin sources", () => [
+    `ALTER TABLE plugins ADD COLUMN source TEXT`
   ]]
 ]
 

@@ -272,7 +272,7 @@ export const liveSandboxes = (inventoryFile: string): Array<{ providerLeaseId: s
   existsSync(inventoryFile) ? (JSON.parse(readFileSync(inventoryFile, "utf8")) as { sandboxes: Array<any> }).sandboxes : []
 
 /** Record a plugin folder as installed in the database a server will use: `gantry serve` restores
- * and starts it next to the bundled plugins (the API has no install route). */
+ * and starts it next to the bundled plugins, in place (no copy, unlike `POST /api/plugins`). */
 export const preinstallPlugin = (folder: string, db: { readonly dataDir: string; readonly url?: string }) =>
   Effect.runPromise(
     Effect.gen(function* () {
