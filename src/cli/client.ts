@@ -6,6 +6,7 @@ import { NodeStream } from "@effect/platform-node"
 import { Clock, Config, Console, Data, Duration, Effect, Fiber, Option, Redacted, Schedule, Schema, Stream } from "effect"
 import { Agent, Company, Environment, Lease, Plugin, Run, Secret } from "../server/Api.js"
 import { type ClientError, describeError, GantryClient, layer as clientLayer, TransportError } from "./http.js"
+import { initCommand } from "./init.js"
 
 export type RunJson = typeof Run.Type
 export type LeaseJson = typeof Lease.Type
@@ -286,8 +287,9 @@ const pluginDetails = (p: typeof Plugin.Type) =>
 
 const pluginId = arg("pluginId", "Plugin id (see `gantry plugins list`)")
 
-const plugins = group("plugins", "Installed plugins", "list | get <id> | enable <id> | disable <id> | logs <id>").pipe(
+const plugins = group("plugins", "Installed plugins", "list | get <id> | enable <id> | disable <id> | logs <id> | init <dir>").pipe(
   Cli.withSubcommands([
+    initCommand,
     leaf("list", "List plugins with their status", {}, (o) =>
       withClient((c) => c.get("/api/plugins")).pipe(Effect.flatMap((raw) =>
         show(o.json, Schema.Array(Plugin), raw, (ps) =>

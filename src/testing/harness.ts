@@ -95,6 +95,9 @@ export interface PromiseHarness {
   readonly setSecret: (companyId: string, secretId: string, value: string) => Promise<void>
   readonly getState: (key: StateKey) => Promise<unknown>
   readonly logs: () => Promise<ReadonlyArray<LogEntry>>
+  readonly health: () => Promise<unknown>
+  /** Call any host→worker method directly (e.g. `environmentAcquireLease`, `handleApiRequest`). */
+  readonly call: (method: string, params: unknown, o?: HarnessCallOptions) => Promise<unknown>
   readonly close: () => Promise<void>
 }
 
@@ -113,6 +116,8 @@ export const createTestHarness = async (plugin: Plugin | PaperclipPlugin, option
     setSecret: (c, id, v) => run(h.setSecret(c, id, v)),
     getState: (k) => run(h.getState(k)),
     logs: () => run(h.logs),
+    health: () => run(h.health),
+    call: (method, params, o) => run(h.call(method, params, o)),
     close: () => runtime.dispose()
   }
 }
