@@ -16,7 +16,7 @@ export interface Ran {
 }
 
 /** Run a command to its end (no shell); resolves with its exit code and output. */
-export const run = (command: string, args: ReadonlyArray<string>, o: { cwd: string; env?: Record<string, string>; timeoutMs?: number }): Promise<Ran> =>
+export const run = (command: string, args: ReadonlyArray<string>, o: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<Ran> =>
   new Promise((resolve, reject) => {
     const child = spawn(command, args, { cwd: o.cwd, env: o.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] })
     let stdout = "", stderr = ""
@@ -31,7 +31,7 @@ export const run = (command: string, args: ReadonlyArray<string>, o: { cwd: stri
   })
 
 /** The command succeeded; its stdout. */
-export const mustRun = async (command: string, args: ReadonlyArray<string>, o: { cwd: string; env?: Record<string, string>; timeoutMs?: number }) => {
+export const mustRun = async (command: string, args: ReadonlyArray<string>, o: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }) => {
   const r = await run(command, args, o)
   if (r.code !== 0) throw new Error(`${command} ${args.join(" ")} (in ${o.cwd}) exited ${r.code}:\n${r.stdout}\n${r.stderr}`)
   return r.stdout

@@ -201,7 +201,7 @@ describe("validateManifest", () => {
   describe("fields", () => {
     it.effect("ignored Paperclip fields are accepted and listed", () =>
       Effect.sync(() => {
-        const all = ["ui", "launchers", "tools", "apiRoutes", "database", "agents", "projects", "routines", "skills", "localFolders", "objectReferences"]
+        const all = ["ui", "launchers", "tools", "database", "agents", "projects", "routines", "skills", "localFolders", "objectReferences"]
         const m = valid()
         for (const f of all) m[f] = f === "ui" ? { slots: [] } : []
         const info = ok(m)
