@@ -11,10 +11,13 @@ import { fileURLToPath } from "node:url"
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..")
 const quiet = process.argv.includes("--quiet")
+// --out <dir>: where the tarball (and its staging folder) go; default dist/ (tests pack into their own)
+const outAt = process.argv.indexOf("--out")
+const out = outAt > 0 && process.argv[outAt + 1] ? resolve(process.argv[outAt + 1]) : join(root, "dist")
 const repo = JSON.parse(readFileSync(join(root, "package.json"), "utf8"))
 const version = repo.version
 const effectVersion = repo.dependencies.effect
-const stage = join(root, "dist", "sdk-package")
+const stage = join(out, "sdk-package")
 rmSync(stage, { recursive: true, force: true })
 mkdirSync(stage, { recursive: true })
 
@@ -70,7 +73,7 @@ if (foreign.size > 0) {
 
 // declarations
 const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc")
-execFileSync(process.execPath, [tsc, "-p", join(root, "tsconfig.sdk.json")], { cwd: root, stdio: "inherit" })
+execFileSync(process.execPath, [tsc, "-p", join(root, "tsconfig.sdk.json"), "--outDir", join(stage, "types")], { cwd: root, stdio: "inherit" })
 
 // ship only the declarations the entry points reach (the host's own modules stay out)
 const typesDir = join(stage, "types")
@@ -134,7 +137,6 @@ ESM only, Node 20 or a bundler. \`effect\` is the only dependency. Start from a 
 `)
 
 // npm pack (no lifecycle scripts: the package has none)
-const out = join(root, "dist")
 const packed = execFileSync("npm", ["pack", "--json", "--pack-destination", out], { cwd: stage, encoding: "utf8" })
 const filename = JSON.parse(packed)[0].filename
 const target = join(out, `gantry-sdk-${version}.tgz`)

@@ -25,8 +25,8 @@ let work = ""
 let tarball = ""
 
 beforeAll(() => {
-  tarball = packSdk()
   work = outsideDir("gantry-scaffold-")
+  tarball = packSdk(join(work, "pack"))
 }, 120_000)
 
 afterAll(() => {

@@ -37,9 +37,9 @@ export const mustRun = async (command: string, args: ReadonlyArray<string>, o: {
   return r.stdout
 }
 
-/** `npm run pack:sdk`'s script: the tarball's path. */
-export const packSdk = (): string => {
-  const out = execFileSync(process.execPath, [join(root, "scripts", "pack-sdk.mjs"), "--quiet"], { cwd: root, encoding: "utf8" }).trim().split("\n")
+/** `npm run pack:sdk`'s script, packing into `dir` (test files running at once must not share dist/): the tarball's path. */
+export const packSdk = (dir: string): string => {
+  const out = execFileSync(process.execPath, [join(root, "scripts", "pack-sdk.mjs"), "--quiet", "--out", dir], { cwd: root, encoding: "utf8" }).trim().split("\n")
   return out[out.length - 1]!
 }
 
