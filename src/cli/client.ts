@@ -8,6 +8,7 @@ import { Agent, Company, Environment, Lease, LocalGrant, Plugin, ProviderPolicy,
 import { homedir } from "node:os"
 import { join, resolve } from "node:path"
 import { type ClientError, describeError, GantryClient, layer as clientLayer, TransportError } from "./http.js"
+import { initCommand } from "./init.js"
 
 export type RunJson = typeof Run.Type
 export type LeaseJson = typeof Lease.Type
@@ -305,8 +306,9 @@ const drain = Options.boolean("drain").pipe(Options.withDescription("Wait (bound
 const pluginLine = (verb: string) => (p: typeof Plugin.Type) =>
   `plugin ${p.pluginId} ${p.version} ${verb}: ${p.status}, worker ${p.workerStatus}${p.source ? ` (from ${p.source.location}${p.source.sha512 ? `, ${p.source.sha512.slice(0, 23)}…` : ""}${p.source.linked ? ", linked" : ""})` : ""}`
 
-const plugins = group("plugins", "Installed plugins", "list | get <id> | enable <id> | disable <id> | logs <id> | install <source> | upgrade <id> <source> | uninstall <id> | dev <dir>").pipe(
+const plugins = group("plugins", "Installed plugins", "list | get <id> | enable <id> | disable <id> | logs <id> | install <source> | upgrade <id> <source> | uninstall <id> | dev <dir> | init <dir>").pipe(
   Cli.withSubcommands([
+    initCommand,
     leaf("install", "Install a plugin from a folder, a .tgz or npm, and start it (admin token)", { source: sourceOption }, (o) =>
       withProgress(`installing ${o.source}`, withClient((c) => c.post("/api/plugins", { source: sourceArg(o.source) }))).pipe(
         Effect.flatMap((raw) => show(o.json, Plugin, raw, pluginLine("installed"))))),

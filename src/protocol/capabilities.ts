@@ -8,7 +8,8 @@ export const Capabilities = [
   "plugin.state.write",
   "secrets.read-ref",
   "http.outbound",
-  "environment.drivers.register"
+  "environment.drivers.register",
+  "api.routes.register"
 ] as const
 export type Capability = (typeof Capabilities)[number]
 
@@ -28,7 +29,7 @@ export const InactiveCapabilities: ReadonlyArray<string> = [
   "agent.sessions.create", "agent.sessions.list", "agent.sessions.send", "agent.sessions.close",
   "activity.log.write", "metrics.write", "telemetry.track", "database.namespace.migrate",
   "database.namespace.write", "external.objects.detect", "external.objects.read", "external.objects.write",
-  "external.objects.refresh", "api.routes.register", "local.folders", "agent.tools.register",
+  "external.objects.refresh", "local.folders", "agent.tools.register",
   "instance.settings.register", "ui.sidebar.register", "ui.page.register", "ui.detailTab.register",
   "ui.dashboardWidget.register", "ui.commentAnnotation.register", "ui.action.register"
 ]

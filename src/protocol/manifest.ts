@@ -21,6 +21,23 @@ export interface ManifestEnvironmentDriver {
   readonly configSchema: Record<string, unknown>
   readonly supportsReusableLeases?: boolean
 }
+/** A JSON API route the plugin serves under `/api/plugins/<id>/api<path>` (Paperclip's declaration). */
+export interface ManifestApiRoute {
+  readonly routeKey: string
+  readonly method: "GET" | "POST" | "PATCH" | "DELETE"
+  /** Plugin-local path, literal or `:param` segments, e.g. `/items/:itemId`. */
+  readonly path: string
+  readonly auth: "board" | "agent" | "board-or-agent" | "webhook"
+  readonly capability: "api.routes.register"
+  readonly checkoutPolicy?: "none" | "required-for-agent-in-progress" | "always-for-agent"
+  readonly companyResolution?: { readonly from: "body" | "query"; readonly key: string } | { readonly from: "issue"; readonly param: string }
+}
+export const API_ROUTE_METHODS = ["GET", "POST", "PATCH", "DELETE"] as const
+const API_ROUTE_AUTH = ["board", "agent", "board-or-agent", "webhook"]
+const API_ROUTE_CHECKOUT = ["none", "required-for-agent-in-progress", "always-for-agent"]
+const ROUTE_KEY_RE = /^[a-z0-9][a-z0-9._:-]*$/
+const ROUTE_PATH_RE = /^\/[a-zA-Z0-9:_./-]*$/
+
 export interface Manifest {
   readonly id: string
   readonly apiVersion: 1
@@ -36,6 +53,7 @@ export interface Manifest {
   readonly jobs?: ReadonlyArray<ManifestJob>
   readonly webhooks?: ReadonlyArray<ManifestWebhook>
   readonly environmentDrivers?: ReadonlyArray<ManifestEnvironmentDriver>
+  readonly apiRoutes?: ReadonlyArray<ManifestApiRoute>
   readonly shutdownTimeoutMs?: number
   readonly [ignored: string]: unknown
 }
@@ -49,12 +67,12 @@ export interface ManifestInfo {
 }
 
 export const IGNORED_FIELDS = [
-  "ui", "launchers", "tools", "apiRoutes", "database", "agents", "projects", "routines", "skills",
+  "ui", "launchers", "tools", "database", "agents", "projects", "routines", "skills",
   "localFolders", "objectReferences"
 ] as const
 const KNOWN_FIELDS = new Set([
   "id", "apiVersion", "version", "displayName", "description", "author", "categories", "minimumHostVersion",
-  "capabilities", "entrypoints", "instanceConfigSchema", "jobs", "webhooks", "environmentDrivers",
+  "capabilities", "entrypoints", "instanceConfigSchema", "jobs", "webhooks", "environmentDrivers", "apiRoutes",
   "shutdownTimeoutMs", "$schema"
 ])
 const CATEGORIES = new Set(["connector", "workspace", "automation", "ui"])
@@ -199,6 +217,55 @@ export const validateManifest = (
     if (!isObject(d.configSchema)) problems.push(`${path}.configSchema: required JSON Schema object`)
     if (d.supportsReusableLeases !== undefined && typeof d.supportsReusableLeases !== "boolean") problems.push(`${path}.supportsReusableLeases: must be a boolean`)
   })
+  if (m.apiRoutes !== undefined) {
+    if (!Array.isArray(m.apiRoutes)) problems.push("apiRoutes: must be an array")
+    else {
+      const keys = new Set<string>()
+      const signatures = new Set<string>()
+      m.apiRoutes.forEach((r, i) => {
+        const path = `apiRoutes[${i}]`
+        if (!isObject(r)) {
+          problems.push(`${path}: must be an object`)
+          return
+        }
+        for (const k of Object.keys(r)) {
+          if (!["routeKey", "method", "path", "auth", "capability", "checkoutPolicy", "companyResolution"].includes(k)) problems.push(`${path}.${k}: unknown field`)
+        }
+        if (str(`${path}.routeKey`, r.routeKey, 100)) {
+          if (!ROUTE_KEY_RE.test(r.routeKey)) problems.push(`${path}.routeKey: "${r.routeKey}" must be lowercase letters, digits, dots, colons, underscores or hyphens`)
+          else if (keys.has(r.routeKey)) problems.push(`${path}.routeKey: duplicate key "${r.routeKey}"`)
+          keys.add(r.routeKey)
+        }
+        const methodOk = typeof r.method === "string" && (API_ROUTE_METHODS as ReadonlyArray<string>).includes(r.method)
+        if (!methodOk) problems.push(`${path}.method: must be one of ${API_ROUTE_METHODS.join(", ")}`)
+        if (str(`${path}.path`, r.path)) {
+          const p = r.path
+          if (!ROUTE_PATH_RE.test(p)) problems.push(`${path}.path: "${p}" must start with / and contain only path-safe literal or :param segments`)
+          else if (p.includes("..") || p.includes("//") || p === "/api" || p.startsWith("/api/") || p === "/plugins" || p.startsWith("/plugins/")) {
+            problems.push(`${path}.path: "${p}" must stay inside the plugin api namespace`)
+          } else if (methodOk) {
+            // one handler per method and path shape (`:a` and `:b` in the same place are the same route)
+            const sig = `${r.method} ${p.replace(/:[^/]+/g, ":")}`
+            if (signatures.has(sig)) problems.push(`${path}: duplicate route ${r.method} ${p}`)
+            signatures.add(sig)
+          }
+        }
+        if (typeof r.auth !== "string" || !API_ROUTE_AUTH.includes(r.auth)) problems.push(`${path}.auth: must be one of ${API_ROUTE_AUTH.join(", ")}`)
+        if (r.capability !== "api.routes.register") problems.push(`${path}.capability: must be "api.routes.register"`)
+        if (r.checkoutPolicy !== undefined && (typeof r.checkoutPolicy !== "string" || !API_ROUTE_CHECKOUT.includes(r.checkoutPolicy))) {
+          problems.push(`${path}.checkoutPolicy: must be one of ${API_ROUTE_CHECKOUT.join(", ")}`)
+        }
+        const cr = r.companyResolution
+        if (cr !== undefined) {
+          const good = isObject(cr) && (
+            ((cr.from === "body" || cr.from === "query") && typeof cr.key === "string" && cr.key.length > 0 && Object.keys(cr).length === 2) ||
+            (cr.from === "issue" && typeof cr.param === "string" && cr.param.length > 0 && Object.keys(cr).length === 2))
+          if (!good) problems.push(`${path}.companyResolution: must be {from: "body"|"query", key} or {from: "issue", param}`)
+        }
+      })
+      if (m.apiRoutes.length > 0 && !has("api.routes.register")) problems.push(`apiRoutes: declaring apiRoutes needs the "api.routes.register" capability`)
+    }
+  }
   if (m.shutdownTimeoutMs !== undefined) {
     const t = m.shutdownTimeoutMs
     if (typeof t !== "number" || !Number.isInteger(t) || t < 1000 || t > 60000) problems.push("shutdownTimeoutMs: must be an integer between 1000 and 60000")

@@ -12,6 +12,7 @@ import * as App from "./App.js"
 import { GantryApi } from "./Api.js"
 import * as Auth from "./Auth.js"
 import * as Handlers from "./Handlers.js"
+import * as PluginApi from "./PluginApi.js"
 
 export const MAX_BODY_BYTES = 1024 * 1024
 
@@ -42,12 +43,16 @@ const tooLarge = () => errorJson(413, "payload_too_large", `request bodies are l
 
 /** Failures that did not come from a handler (decode errors, unknown routes, unreadable or oversized
  * bodies) answer in the API's error format too. */
-const errorFormat = (app: HttpApp.Default): HttpApp.Default =>
+const errorFormat = (app: HttpApp.Default) =>
   HttpIncomingMessage.withMaxBodySize(
     // a body announced over the limit is refused before it is read: a read that hits the limit
     // destroys the socket (the client sees a reset, not the 413), so only chunked bodies get that
-    Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) =>
-      Number(req.headers["content-length"] ?? "0") > MAX_BODY_BYTES ? Effect.succeed(tooLarge()) : app).pipe(
+    Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) => {
+      if (Number(req.headers["content-length"] ?? "0") > MAX_BODY_BYTES) return Effect.succeed(tooLarge())
+      // plugin API routes (/api/plugins/:pluginId/api/*) are the plugins' own, outside the HttpApi
+      const pluginRoute = PluginApi.pluginApiPath(req.url.split("?")[0] ?? "")
+      return pluginRoute ? PluginApi.handle(pluginRoute.pluginId, pluginRoute.rest) : app
+    }).pipe(
       Effect.map(reformat),
       Effect.catchAllCause((cause) => {
         const failure = Cause.failureOption(cause)

@@ -17,7 +17,7 @@ import { Companies } from "../../src/work/Companies.js"
 import { Runs, TERMINAL_RUN, type RunStatus } from "../../src/work/Runs.js"
 import { testDbs } from "../db.js"
 import { appLayer, childPids, eventually } from "../helpers.js"
-import { bwrapPluginDir, freshRoot, PLUGIN, processesWith } from "./helpers.js"
+import { bwrap, bwrapPluginDir, freshRoot, PLUGIN, processesWith } from "./helpers.js"
 
 const RUNS = 30
 const IN_FLIGHT = 4
@@ -66,7 +66,7 @@ const tally = (xs: ReadonlyArray<string>) => {
 
 const db = testDbs.find((d) => d.kind === "sqlite")!
 
-describe("chaos through the real bwrap-sandbox worker [sqlite]", () => {
+describe.skipIf(!bwrap.ok)("chaos through the real bwrap-sandbox worker [sqlite]", () => {
   it.live(`${RUNS} runs under random cancels and worker SIGKILLs → no workspace, lease or process leaks`, () => {
     const seed = Number(process.env.GANTRY_CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31))
     const rng = prng(seed)

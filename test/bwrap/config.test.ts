@@ -7,7 +7,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as Core from "../../plugins/bwrap-sandbox/src/core.js"
-import { bwrapPluginDir, freshRoot } from "./helpers.js"
+import { bwrap, bwrapPluginDir, freshRoot } from "./helpers.js"
 
 const isRoot = process.geteuid?.() === 0
 
@@ -75,7 +75,7 @@ describe("bwrap-sandbox config and host checks", () => {
       await core.destroy({ ...base({ workspaceRoot }), providerLeaseId: lease.providerLeaseId! })
     }))
 
-  it.live("no prlimit: the limits could not be enforced, so the config is refused", () =>
+  it.live.skipIf(!bwrap.ok)("no prlimit: the limits could not be enforced, so the config is refused", () =>
     withDir(async (_, workspaceRoot) => {
       const core = Core.createBwrapSandbox({ prlimitPath: "/nonexistent/prlimit" })
       const v = await core.validateConfig({ workspaceRoot })
@@ -86,7 +86,7 @@ describe("bwrap-sandbox config and host checks", () => {
       expect(v2.errors).toEqual([expect.stringContaining("is not inside any readOnlyPaths entry")])
     }))
 
-  it.live("user namespaces disabled: the sysctl is named, with the fix", () =>
+  it.live.skipIf(!bwrap.ok)("user namespaces disabled: the sysctl is named, with the fix", () =>
     withDir(async (dir, workspaceRoot) => {
       const sys = join(dir, "sys")
       mkdirSync(join(sys, "user"), { recursive: true })
@@ -122,7 +122,7 @@ describe("bwrap-sandbox config and host checks", () => {
       await expect(Core.listLeases(workspaceRoot)).resolves.toEqual([])
     }))
 
-  it.live("workspaceRoot not writable, or not reachable by the sandbox user: where and how to fix", () =>
+  it.live.skipIf(!bwrap.ok)("workspaceRoot not writable, or not reachable by the sandbox user: where and how to fix", () =>
     withDir(async (dir) => {
       const file = join(dir, "a-file")
       writeFileSync(file, "")
@@ -145,7 +145,7 @@ describe("bwrap-sandbox config and host checks", () => {
       }
     }))
 
-  it.live("a usable machine: validateConfig ok, probe ready with the limit mechanism and cgroup facts", () =>
+  it.live.skipIf(!bwrap.ok)("a usable machine: validateConfig ok, probe ready with the limit mechanism and cgroup facts", () =>
     withDir(async (_, workspaceRoot) => {
       const core = Core.createBwrapSandbox()
       const v = await core.validateConfig({ workspaceRoot, memoryMiB: 2048, pids: 256, cpuSeconds: 60 })

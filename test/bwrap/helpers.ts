@@ -2,12 +2,51 @@
 // worker behind a PluginHost, provider calls, and /proc scans for a test's sandbox processes.
 import { expect } from "@effect/vitest"
 import { Cause, Effect, Exit } from "effect"
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { spawnSync } from "node:child_process"
+import { accessSync, chmodSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { isAbsolute, join } from "node:path"
 import type { HostOptionsShape } from "../../src/host/HostOptions.js"
 import * as PluginHost from "../../src/host/PluginHost.js"
 import { childPids, hostLayer, root } from "../helpers.js"
+
+// ---------------------------------------------------------------- is bwrap usable here?
+
+export interface BwrapCheck {
+  readonly ok: boolean
+  /** Why the real-bwrap tests are skipped (when not ok). */
+  readonly reason: string
+}
+
+/** bwrap on this process's PATH that can create its namespaces (a fresh machine may have neither:
+ * `npm test` skips the real-bwrap suites there and says why, as the PostgreSQL variants do). */
+const checkBwrap = (): BwrapCheck => {
+  const dirs = (process.env.PATH ?? "").split(":").filter((d) => d.length > 0 && isAbsolute(d))
+  const bin = dirs.map((d) => join(d, "bwrap")).find((p) => {
+    try {
+      accessSync(p, constants.X_OK)
+      return true
+    } catch {
+      return false
+    }
+  })
+  if (!bin) return { ok: false, reason: "no bwrap binary on PATH (apt-get install -y bubblewrap)" }
+  const r = spawnSync(bin, ["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "true"], {
+    encoding: "utf8",
+    timeout: 20_000
+  })
+  if (r.status !== 0) {
+    const why = (r.stderr || r.error?.message || `exit ${r.status ?? r.signal}`).trim().split("\n")[0]
+    return { ok: false, reason: `${bin} cannot create its namespaces here: ${why}` }
+  }
+  return { ok: true, reason: "" }
+}
+
+export const bwrap: BwrapCheck = checkBwrap()
+if (!bwrap.ok) {
+  // printed once per test file that imports this module
+  console.warn(`[gantry tests] real-bwrap suites skipped: ${bwrap.reason}`)
+}
 
 export const bwrapPluginDir = join(root, "plugins", "bwrap-sandbox")
 export const PLUGIN = "bwrap-sandbox"

@@ -15,10 +15,10 @@ import { Runs } from "../../src/work/Runs.js"
 import { testDbs } from "../db.js"
 import { appLayer, childPids, eventually } from "../helpers.js"
 import {
-  acquire, base, bwrapPluginDir, destroy, execute, failureOf, freshRoot, PLUGIN, processesWith, release, resume, sh, uniqueMarker, withWorker
+  acquire, base, bwrap, bwrapPluginDir, destroy, execute, failureOf, freshRoot, PLUGIN, processesWith, release, resume, sh, uniqueMarker, withWorker
 } from "./helpers.js"
 
-describe("bwrap-sandbox leases (real worker)", () => {
+describe.skipIf(!bwrap.ok)("bwrap-sandbox leases (real worker)", () => {
   it.live("supported methods; acquire is idempotent per run id; realize, resume, release and destroy keep the lease directories exact", () =>
     withWorker(({ call, config, host, workspaceRoot }) =>
       Effect.gen(function* () {
@@ -181,7 +181,7 @@ describe("bwrap-sandbox leases (real worker)", () => {
 })
 
 for (const db of testDbs) {
-  describe(`bwrap-sandbox through the host [${db.kind}]`, () => {
+  describe.skipIf(!bwrap.ok)(`bwrap-sandbox through the host [${db.kind}]`, () => {
     it.live("an environment on bwrap-sandbox: probe, an agent run in /workspace, the lease released, nothing left", () => {
       const before = childPids()
       const { dir, workspaceRoot } = freshRoot()

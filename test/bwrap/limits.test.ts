@@ -7,7 +7,7 @@ import { Effect, Fiber } from "effect"
 import { readdirSync } from "node:fs"
 import { join } from "node:path"
 import { eventually } from "../helpers.js"
-import { acquire, destroy, processesWith, sh, uniqueMarker, withWorker, type Call } from "./helpers.js"
+import { acquire, bwrap, destroy, processesWith, sh, uniqueMarker, withWorker, type Call } from "./helpers.js"
 
 /** Sandboxes journaled as running for a lease (none when the journal directory is gone). */
 const journaled = (workspaceRoot: string, leaseId: string): Array<string> => {
@@ -40,7 +40,7 @@ const sampled = (call: Call, config: Record<string, unknown>, leaseId: string, s
     return { r, peak }
   })
 
-describe("bwrap-sandbox limits (real worker)", () => {
+describe.skipIf(!bwrap.ok)("bwrap-sandbox limits (real worker)", () => {
   it.live("pids: a fork flood stops at the limit, then a real fork bomb is contained; nothing is left", () =>
     withWorker(({ call, config, workspaceRoot }) =>
       Effect.gen(function* () {

@@ -201,7 +201,7 @@ describe("validateManifest", () => {
   describe("fields", () => {
     it.effect("ignored Paperclip fields are accepted and listed", () =>
       Effect.sync(() => {
-        const all = ["ui", "launchers", "tools", "apiRoutes", "database", "agents", "projects", "routines", "skills", "localFolders", "objectReferences"]
+        const all = ["ui", "launchers", "tools", "database", "agents", "projects", "routines", "skills", "localFolders", "objectReferences"]
         const m = valid()
         for (const f of all) m[f] = f === "ui" ? { slots: [] } : []
         const info = ok(m)
@@ -347,4 +347,46 @@ describe("validateManifest", () => {
       // every problem names its path
       for (const line of p) expect(line).toMatch(/^[A-Za-z$][\w$]*(\[\d+\])?(\.\w+)?: /)
     }))
+
+  describe("apiRoutes", () => {
+    const route = (over: Record<string, unknown> = {}) => ({ routeKey: "items.get", method: "GET", path: "/items/:id", auth: "board", capability: "api.routes.register", ...over })
+    const caps = ["plugin.state.read", "environment.drivers.register", "jobs.schedule", "webhooks.receive", "api.routes.register"]
+    it.effect("Paperclip's declarations are hosted: accepted, not ignored; api.routes.register is active", () =>
+      Effect.sync(() => {
+        const info = ok(withFields({ capabilities: caps, apiRoutes: [route(), route({ routeKey: "items.add", method: "POST", path: "/items", companyResolution: { from: "body", key: "companyId" }, checkoutPolicy: "none" })] }))
+        expect(info.ignoredFields).toEqual([])
+        expect(info.activeCapabilities).toContain("api.routes.register")
+        expect(info.manifest.apiRoutes).toHaveLength(2)
+      }))
+    it.effect("every bad field is named; duplicates and a missing capability are refused", () =>
+      Effect.sync(() => {
+        expect(problems(withFields({ apiRoutes: [route()] }))).toEqual(['apiRoutes: declaring apiRoutes needs the "api.routes.register" capability'])
+        expect(problems(withFields({
+          capabilities: caps,
+          apiRoutes: [
+            route({ routeKey: "Bad Key", method: "PUT", path: "items", auth: "anyone", capability: "x", checkoutPolicy: "often", companyResolution: { from: "header", key: "c" }, extra: 1 }),
+            route(),
+            route({ routeKey: "other", path: "/items/:itemId" }),
+            route({ routeKey: "escape", path: "/api/companies" }),
+            route({ routeKey: "dots", path: "/a/../b" }),
+            "nope"
+          ]
+        }))).toEqual([
+          "apiRoutes[0].extra: unknown field",
+          'apiRoutes[0].routeKey: "Bad Key" must be lowercase letters, digits, dots, colons, underscores or hyphens',
+          "apiRoutes[0].method: must be one of GET, POST, PATCH, DELETE",
+          'apiRoutes[0].path: "items" must start with / and contain only path-safe literal or :param segments',
+          "apiRoutes[0].auth: must be one of board, agent, board-or-agent, webhook",
+          'apiRoutes[0].capability: must be "api.routes.register"',
+          "apiRoutes[0].checkoutPolicy: must be one of none, required-for-agent-in-progress, always-for-agent",
+          'apiRoutes[0].companyResolution: must be {from: "body"|"query", key} or {from: "issue", param}',
+          "apiRoutes[2]: duplicate route GET /items/:itemId",
+          'apiRoutes[3].path: "/api/companies" must stay inside the plugin api namespace',
+          'apiRoutes[4].path: "/a/../b" must stay inside the plugin api namespace',
+          "apiRoutes[5]: must be an object"
+        ])
+        expect(problems(withFields({ capabilities: caps, apiRoutes: [route(), route({ method: "POST" })] }))).toEqual(['apiRoutes[1].routeKey: duplicate key "items.get"'])
+        expect(problems(withFields({ capabilities: caps, apiRoutes: {} }))).toEqual(["apiRoutes: must be an array"])
+      }))
+  })
 })
