@@ -25,8 +25,10 @@ export const errorResponse = (status: number, code: string, message: string, det
 
 export const tooLarge = () => errorResponse(413, "payload_too_large", `request bodies are limited to ${MAX_BODY_BYTES} bytes`, { limit: MAX_BODY_BYTES })
 
-/** After refusing an oversized body, the rest is read and dropped (so the client gets the 413 rather
- * than a reset), up to this much; a client that keeps sending past it loses the connection. */
+/** An oversized body is still read to its end (and dropped) before the 413 is sent: Node closes a
+ * connection whose request is unfinished when the answer goes out, and the client, still sending,
+ * would see a reset instead of the 413. Past this much, the answer goes at once (and the connection
+ * with it). */
 const DRAIN_LIMIT = 16 * MAX_BODY_BYTES
 
 /** Read a body up to `max` bytes; past it, drain and answer "too_large". Plain stream code at the
@@ -35,6 +37,7 @@ const readBody = (source: IncomingMessage, max: number) =>
   Effect.async<Buffer | "too_large", ReadFailed>((resume) => {
     const chunks: Array<Buffer> = []
     let size = 0
+    let over = false
     const detach = () => {
       source.off("data", onData)
       source.off("end", onEnd)
@@ -42,23 +45,23 @@ const readBody = (source: IncomingMessage, max: number) =>
     }
     const onData = (chunk: Buffer) => {
       size += chunk.length
-      if (size <= max) {
-        chunks.push(chunk)
+      if (over) {
+        if (size > DRAIN_LIMIT) {
+          detach()
+          source.on("error", () => undefined)
+          resume(Effect.succeed("too_large"))
+        }
         return
       }
-      detach()
-      chunks.length = 0
-      let drained = 0
-      source.on("error", () => undefined)
-      source.on("data", (c: Buffer) => {
-        drained += c.length
-        if (drained > DRAIN_LIMIT) source.destroy()
-      })
-      resume(Effect.succeed("too_large"))
+      if (size <= max) chunks.push(chunk)
+      else {
+        over = true
+        chunks.length = 0
+      }
     }
     const onEnd = () => {
       detach()
-      resume(Effect.succeed(Buffer.concat(chunks)))
+      resume(Effect.succeed(over ? "too_large" : Buffer.concat(chunks)))
     }
     const onError = (cause: unknown) => {
       detach()
@@ -115,7 +118,7 @@ export const checkBody = (req: HttpServerRequest.HttpServerRequest) =>
     const announced = req.headers["content-length"]
     const chunked = (req.headers["transfer-encoding"] ?? "").length > 0
     if (!chunked && (announced === undefined || announced === "0")) return req
-    if (Number(announced ?? "0") > MAX_BODY_BYTES) return yield* new Refused({ status: 413, code: "payload_too_large", message: `request bodies are limited to ${MAX_BODY_BYTES} bytes`, details: { limit: MAX_BODY_BYTES } })
+    if (Number(announced ?? "0") > DRAIN_LIMIT) return yield* new Refused({ status: 413, code: "payload_too_large", message: `request bodies are limited to ${MAX_BODY_BYTES} bytes`, details: { limit: MAX_BODY_BYTES } })
     const body = yield* readBody(NodeHttpServerRequest.toIncomingMessage(req), MAX_BODY_BYTES).pipe(
       Effect.mapError(() => new Refused({ status: 400, code: "bad_request", message: "the request body could not be read" }))
     )

@@ -1,7 +1,7 @@
 // The HTTP server: the app layer under the HttpApi, OpenAPI at /api/openapi.json, docs at /api/docs,
 // one error format for everything (decode errors, unknown routes, oversized bodies included).
 // Built after the listener so the runtime URL knows the bound port.
-import { HttpApiBuilder, HttpApiScalar, type HttpApp, HttpIncomingMessage, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { HttpApiBuilder, HttpApiScalar, HttpApp, HttpIncomingMessage, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Cause, Effect, Layer, Option } from "effect"
 import { randomUUID } from "node:crypto"
@@ -77,6 +77,8 @@ const errorFormat = (app: HttpApp.Default): HttpApp.Default =>
     Effect.gen(function* () {
       const original = yield* HttpServerRequest.HttpServerRequest
       const requestId = requestIdOf(original)
+      // the API writes its own answers before this middleware sees them: the id goes on as they are written
+      yield* HttpApp.appendPreResponseHandler((_req, res) => Effect.succeed(HttpServerResponse.setHeader(res, "x-request-id", requestId)))
       const res = yield* Gate.checkBody(original).pipe(
         Effect.flatMap((req) => Effect.provideService(app, HttpServerRequest.HttpServerRequest, req)),
         Effect.map(reformat),
