@@ -7,7 +7,8 @@ const benches: Record<string, () => Promise<void>> = {
   capabilities: () => import("./capabilities.js").then((m) => m.capabilities()),
   leases: () => import("./leases.js").then((m) => m.leases()),
   http: () => import("./http.js").then((m) => m.http()),
-  bwrap: () => import("./bwrap.js").then((m) => m.bwrap())
+  bwrap: () => import("./bwrap.js").then((m) => m.bwrap()),
+  apifuzz: () => import("./apifuzz.js").then((m) => m.apifuzz())
 }
 
 const main = async () => {

@@ -51,7 +51,7 @@ const anyString = fc.string({ minLength: 1, maxLength: 40 })
 const anyJson = fc.jsonValue({ maxDepth: 3 })
 
 /** The encoded form of a schema's values, with the encoded side's own rules (patterns, lengths). */
-const encodedArbitrary = (schema: Schema.Schema.AnyNoContext) => Arbitrary.make(Schema.encodedBoundSchema(schema) as Schema.Schema<unknown>)
+const encodedArbitrary = (schema: Schema.Schema.Any) => Arbitrary.make(Schema.encodedBoundSchema(schema as Schema.Schema.AnyNoContext) as Schema.Schema<unknown>)
 
 /** An invalid version of a valid object: a field removed, replaced by another type, or one added. */
 const mutate = (valid: fc.Arbitrary<unknown>) =>
@@ -169,7 +169,7 @@ export const checkAnswer = (op: Operation, documented: ReadonlyArray<number>, st
     return problems
   }
   if (!contentType.includes("application/json") && text !== "") problems.push(`content type ${contentType}`)
-  const schema = status >= 200 && status < 300 ? op.endpoint.successSchema as Schema.Schema<unknown, unknown> : errorEnvelope(status)
+  const schema: Schema.Schema<unknown, unknown> = status >= 200 && status < 300 ? op.endpoint.successSchema as Schema.Schema<unknown, unknown> : errorEnvelope(status) as Schema.Schema<unknown, unknown>
   const decoded = Schema.decodeUnknownEither(schema)(body)
   if (Either.isLeft(decoded)) problems.push(`body does not match its schema: ${String(decoded.left.message).slice(0, 300)}`)
   return problems
@@ -257,6 +257,8 @@ export const runFuzz = async (o: {
   readonly seed: number
   readonly perOperation: number
   readonly onRequest?: (total: number) => void | Promise<void>
+  /** Requests in flight at once (default 1). */
+  readonly concurrency?: number
 }): Promise<FuzzResult> => {
   const documented = await documentedStatuses(o.base)
   const requests: FuzzResult["requests"] = {}
@@ -271,7 +273,7 @@ export const runFuzz = async (o: {
     }
     const counts = requests[op.id] = { valid: 0, invalid: 0, statuses: {} as Record<number, number> }
     const samples = fc.sample(requestsFor(op, o.fixture), { seed: o.seed + index, numRuns: o.perOperation })
-    for (const r of samples) {
+    const one = async (r: GeneratedRequest) => {
       const answer = await send(o.base, r).catch((e: unknown) => ({ status: 0, contentType: "", text: String(e) }))
       total++
       counts[r.kind]++
@@ -283,6 +285,10 @@ export const runFuzz = async (o: {
       }
       await o.onRequest?.(total)
     }
+    const queue = [...samples]
+    await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, async () => {
+      while (queue.length > 0) await one(queue.shift()!)
+    }))
   }
   return { requests, problems, total }
 }
