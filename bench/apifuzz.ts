@@ -7,9 +7,8 @@ import { readFileSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { performance } from "node:perf_hooks"
-import { fixture } from "../test/helpers.js"
 import { operations, runFuzz, setupFixture } from "../test/server/apifuzz.js"
-import { descendants, killTree, preinstallPlugin, startServer, stopServer } from "../test/server/support.js"
+import { startServer, stopServer } from "./http.js"
 
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? "0")
 
@@ -18,25 +17,23 @@ export const apifuzz = async () => {
   const seed = Number(process.env.GANTRY_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31))
   const perOperation = Math.ceil(total / operations().length)
   const dataDir = mkdtempSync(join(tmpdir(), "gantry-bench-fuzz-"))
-  await preinstallPlugin(fixture("server-webhooks"), { dataDir })
-  const server = await startServer({ dataDir })
-  let tree: Array<number> = []
+  const server = await startServer(dataDir, undefined)
+  const pid = server.child.pid!
   try {
-    const fx = await setupFixture(server.url, server.adminToken!)
+    const fx = await setupFixture(server.url, server.token)
     const samples: Array<{ requests: number; rssKiB: number }> = []
     let rssAt1k = 0
     const started = performance.now()
     const result = await runFuzz({
       base: server.url, fixture: fx, seed, perOperation, concurrency: 4,
       onRequest: (n) => {
-        if (n === 1_000) rssAt1k = rssKiB(server.pid)
-        if (n % 2_000 === 0) samples.push({ requests: n, rssKiB: rssKiB(server.pid) })
+        if (n === 1_000) rssAt1k = rssKiB(pid)
+        if (n % 2_000 === 0) samples.push({ requests: n, rssKiB: rssKiB(pid) })
       }
     })
     const seconds = (performance.now() - started) / 1000
-    const rssEnd = rssKiB(server.pid)
+    const rssEnd = rssKiB(pid)
     const growth = rssAt1k > 0 ? (rssEnd - rssAt1k) / rssAt1k : 0
-    tree = descendants(server.pid)
     console.log(JSON.stringify({
       bench: "apifuzz", seed, requests: result.total, operations: Object.keys(result.requests).length, seconds: Math.round(seconds),
       requestsPerSecond: Math.round(result.total / seconds), rssAfter1kMiB: Math.round(rssAt1k / 1024), rssAfterAllMiB: Math.round(rssEnd / 1024),
@@ -46,7 +43,6 @@ export const apifuzz = async () => {
     for (const p of result.problems.slice(0, 20)) console.error(p)
   } finally {
     await stopServer(server)
-    killTree(tree)
     rmSync(dataDir, { recursive: true, force: true })
   }
 }
