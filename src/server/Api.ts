@@ -9,7 +9,6 @@ import * as L from "./Limits.js"
 const strict = <S extends Schema.Schema.Any>(s: S) => s.annotations({ parseOptions: { onExcessProperty: "error" } }) as unknown as S
 const Json = Schema.Unknown
 const JsonObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
-const StringMap = Schema.Record({ key: Schema.String, value: Schema.String })
 const opt = Schema.optional
 
 // ---- models ----
