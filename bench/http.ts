@@ -50,14 +50,14 @@ const alive = (pid: number) => {
   }
 }
 
-interface Served {
+export interface Served {
   readonly child: ChildProcess
   readonly url: string
   readonly token: string
   readonly stderrTail: () => string
 }
 
-const startServer = (dataDir: string, databaseUrl: string | undefined): Promise<Served> =>
+export const startServer = (dataDir: string, databaseUrl: string | undefined): Promise<Served> =>
   new Promise((resolveStart, rejectStart) => {
     const env: Record<string, string> = {}
     for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("GANTRY_")) env[k] = v
@@ -97,7 +97,7 @@ const startServer = (dataDir: string, databaseUrl: string | undefined): Promise<
     child.once("exit", (code, signal) => fail(new Error(`gantry serve exited (${signal ?? code}) before it was ready; stderr: ${err.slice(-2000)}`)))
   })
 
-const stopServer = async (s: Served): Promise<Array<number>> => {
+export const stopServer = async (s: Served): Promise<Array<number>> => {
   const pids = descendants(s.child.pid!)
   const exited = new Promise<void>((r) => (s.child.exitCode !== null || s.child.signalCode !== null ? r() : s.child.once("exit", () => r())))
   s.child.kill("SIGTERM")

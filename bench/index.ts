@@ -8,7 +8,8 @@ const benches: Record<string, () => Promise<void>> = {
   leases: () => import("./leases.js").then((m) => m.leases()),
   http: () => import("./http.js").then((m) => m.http()),
   bwrap: () => import("./bwrap.js").then((m) => m.bwrap()),
-  plugins: () => import("./plugins.js").then((m) => m.plugins())
+  plugins: () => import("./plugins.js").then((m) => m.plugins()),
+  apifuzz: () => import("./apifuzz.js").then((m) => m.apifuzz())
 }
 
 const main = async () => {

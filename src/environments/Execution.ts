@@ -95,7 +95,8 @@ const executeLocal = (executor: CommandExecutor.CommandExecutor, cwd: string, re
         Command.workingDirectory(req.cwd ?? cwd),
         Command.env(withPath(req.env), { extendEnv: false })
       )
-      if (req.stdin !== undefined) cmd = Command.feed(cmd, req.stdin)
+      // no stdin given: an empty one, closed at start, so a command that reads it ends (SPEC §14)
+      cmd = Command.feed(cmd, req.stdin ?? "")
       const proc = yield* Effect.provideService(Command.start(cmd), CommandExecutor.CommandExecutor, executor)
       const out = new Capped(OUTPUT_CAP)
       const err = new Capped(OUTPUT_CAP)

@@ -194,11 +194,11 @@ export const serve = (plugin: Plugin, options: ServeOptions): Effect.Effect<void
       handleApiRequest: h<M.ApiRequest>("handleApiRequest", (p) => (plugin.apiRequest ? hook(plugin.apiRequest(p)) : notImplemented("handleApiRequest"))),
       getData: direct(registry.data, h<typeof M.GetDataParams.Type>("getData", (p) => {
         const f = registry.data.get(p.key)
-        return f ? hook(f(withCompany(p))) : Effect.fail(new WorkerError({ message: `No data handler registered for key "${p.key}"` }))
+        return f ? hook(f(withCompany(p))) : Effect.fail(new WorkerError({ message: `No data handler registered for key "${p.key}"`, data: { reason: "unknown_key", key: p.key } }))
       })),
       performAction: direct(registry.actions, h<typeof M.PerformActionParams.Type>("performAction", (p) => {
         const f = registry.actions.get(p.key)
-        return f ? hook(f(withCompany(p))) : Effect.fail(new WorkerError({ message: `No action handler registered for key "${p.key}"` }))
+        return f ? hook(f(withCompany(p))) : Effect.fail(new WorkerError({ message: `No action handler registered for key "${p.key}"`, data: { reason: "unknown_key", key: p.key } }))
       })),
       environmentValidateConfig: h("environmentValidateConfig", envHook("environmentValidateConfig", env.validateConfig)),
       environmentProbe: h("environmentProbe", envHook("environmentProbe", env.probe)),

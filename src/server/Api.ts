@@ -1,20 +1,20 @@
 // The HTTP API (SPEC §12), all under /api: one HttpApiGroup per resource. Bodies are strict (unknown
 // fields are refused); every error answers `{error: {code, message, details?}}`.
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
-import { Schema } from "effect"
+import { JSONSchema, Schema } from "effect"
 import { Authentication, RuntimeAuthentication } from "./Auth.js"
-import { BadGateway, BadRequest, Conflict, Forbidden, GatewayTimeout, Internal, NotFound, NotImplementedError, TooManyRequests, Unauthorized, Unavailable, Unprocessable } from "./errors.js"
+import { BadGateway, BadRequest, Conflict, Forbidden, GatewayTimeout, Internal, NotFound, NotImplementedError, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, Unprocessable, UnsupportedMediaType } from "./errors.js"
+import * as L from "./Limits.js"
 
 const strict = <S extends Schema.Schema.Any>(s: S) => s.annotations({ parseOptions: { onExcessProperty: "error" } }) as unknown as S
 const Json = Schema.Unknown
 const JsonObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
-const StringMap = Schema.Record({ key: Schema.String, value: Schema.String })
 const opt = Schema.optional
 
 // ---- models ----
 export const Company = Schema.Struct({ id: Schema.String, name: Schema.String, defaultEnvironmentId: Schema.NullOr(Schema.String), createdAt: Schema.String })
 export const Secret = Schema.Struct({
-  id: Schema.String, companyId: Schema.String, name: Schema.String, version: Schema.Number, createdAt: Schema.String, updatedAt: Schema.String
+  id: Schema.String, companyId: Schema.String, name: Schema.String, version: Schema.Int, createdAt: Schema.String, updatedAt: Schema.String
 })
 export const Environment = Schema.Struct({
   id: Schema.String, companyId: Schema.String, name: Schema.String, description: Schema.NullOr(Schema.String),
@@ -23,18 +23,18 @@ export const Environment = Schema.Struct({
 })
 export const Lease = Schema.Struct({
   id: Schema.String, companyId: Schema.String, environmentId: Schema.String, runId: Schema.NullOr(Schema.String),
-  provider: Schema.String, providerLeaseId: Schema.NullOr(Schema.String), status: Schema.String, acquiredAt: Schema.NullOr(Schema.Number),
-  lastUsedAt: Schema.Number, deadlineAt: Schema.Number, expiresAt: Schema.NullOr(Schema.Number), releasedAt: Schema.NullOr(Schema.Number),
-  failureReason: Schema.NullOr(Schema.String), cleanupAttempts: Schema.Number, ownerInstanceId: Schema.String, metadata: JsonObject, policy: Json
+  provider: Schema.String, providerLeaseId: Schema.NullOr(Schema.String), status: Schema.String, acquiredAt: Schema.NullOr(Schema.Int),
+  lastUsedAt: Schema.Int, deadlineAt: Schema.Int, expiresAt: Schema.NullOr(Schema.Int), releasedAt: Schema.NullOr(Schema.Int),
+  failureReason: Schema.NullOr(Schema.String), cleanupAttempts: Schema.Int, ownerInstanceId: Schema.String, metadata: JsonObject, policy: Json
 })
 export const Agent = Schema.Struct({
   id: Schema.String, companyId: Schema.String, name: Schema.String, command: Schema.String, args: Schema.Array(Schema.String),
-  env: JsonObject, defaultEnvironmentId: Schema.NullOr(Schema.String), heartbeat: Schema.NullOr(Json), timeoutMs: Schema.Number,
+  env: JsonObject, defaultEnvironmentId: Schema.NullOr(Schema.String), heartbeat: Schema.NullOr(Json), timeoutMs: Schema.Int,
   createdAt: Schema.String, updatedAt: Schema.String
 })
 export const Run = Schema.Struct({
   id: Schema.String, companyId: Schema.String, agentId: Schema.String, environmentId: Schema.NullOr(Schema.String),
-  status: Schema.String, trigger: Schema.String, exitCode: Schema.NullOr(Schema.Number), signal: Schema.NullOr(Schema.String),
+  status: Schema.String, trigger: Schema.String, exitCode: Schema.NullOr(Schema.Int), signal: Schema.NullOr(Schema.String),
   error: Schema.NullOr(Schema.String), stdout: Schema.String, stderr: Schema.String, truncated: Schema.Boolean,
   leaseId: Schema.NullOr(Schema.String), createdAt: Schema.String, startedAt: Schema.NullOr(Schema.String), finishedAt: Schema.NullOr(Schema.String)
 })
@@ -42,9 +42,9 @@ export const Run = Schema.Struct({
  * `status`, `capabilities`); the operational fields are the operator's (admin token). */
 export const Plugin = Schema.Struct({
   pluginId: Schema.String, version: Schema.String, displayName: Schema.String, status: Schema.String, capabilities: Schema.Array(Schema.String),
-  workerStatus: opt(Schema.String), mode: opt(Schema.String), pid: opt(Schema.NullOr(Schema.Number)), supportedMethods: opt(Schema.Array(Schema.String)),
+  workerStatus: opt(Schema.String), mode: opt(Schema.String), pid: opt(Schema.NullOr(Schema.Int)), supportedMethods: opt(Schema.Array(Schema.String)),
   inactiveCapabilities: opt(Schema.Array(Schema.String)), ignoredFields: opt(Schema.Array(Schema.String)),
-  lastError: opt(Schema.NullOr(Schema.String)), health: opt(Schema.NullOr(Json)), restarts: opt(Schema.Number), crashesInWindow: opt(Schema.Number),
+  lastError: opt(Schema.NullOr(Schema.String)), health: opt(Schema.NullOr(Json)), restarts: opt(Schema.Int), crashesInWindow: opt(Schema.Int),
   isolation: opt(Schema.NullOr(Schema.Literal("sandboxed", "trusted", "unsandboxed"))),
   source: opt(Schema.NullOr(Schema.Struct({
     kind: Schema.String, location: Schema.String, sha512: Schema.NullOr(Schema.String), packageName: Schema.NullOr(Schema.String), linked: Schema.Boolean
@@ -79,6 +79,32 @@ const PluginUpgrade = strict(Schema.Struct({
   drainTimeoutMs: opt(Schema.Int.pipe(Schema.between(0, 3_600_000)))
 }))
 
+/** `/api/runs/:id/output` (Server-Sent Events): one `stdout`/`stderr`/`system` event per chunk (its
+ * `id:` is `seq`, so `Last-Event-ID` resumes), then one `end` event carrying the finished run. */
+export const RunOutputChunk = Schema.Struct({ seq: Schema.Int, stream: Schema.Literal("stdout", "stderr", "system"), chunk: Schema.String })
+export const RunOutputEnd = Run
+export const RunOutputEvents: Record<string, Schema.Schema<any, any>> = { stdout: RunOutputChunk, stderr: RunOutputChunk, system: RunOutputChunk, end: RunOutputEnd }
+const sseDescription = "Server-Sent Events. Each chunk of output is an event named after its stream (`stdout`, `stderr`, `system`) " +
+  "whose `id:` is its `seq` (send `Last-Event-ID` to resume after it) and whose `data:` is a RunOutputChunk; the stream ends with " +
+  "one `end` event whose `data:` is the finished Run. The schema of each event's data is under `x-sse-events`."
+
+// ---- payload rules (SPEC §14): the same schemas decode requests and generate the document ----
+const SecretRef = strict(Schema.Struct({ type: Schema.Literal("secret_ref"), secretId: L.Id, version: opt(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))) }))
+const AgentEnv = Schema.Record({ key: L.CallerVarName, value: Schema.Union(Schema.String, SecretRef) })
+const Heartbeat = Schema.Union(
+  strict(Schema.Struct({ cron: L.Cron5 })),
+  strict(Schema.Struct({ everySeconds: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)) }))
+)
+const VarMap = Schema.Record({ key: L.VarName, value: Schema.String })
+const LocalConfig = strict(Schema.Struct({ env: opt(VarMap), workspacePath: opt(Schema.String) }))
+/** The host's fields of a sandbox config; any other field is the provider's (checked against its config schema). */
+const SandboxConfig = Schema.Struct({
+  provider: L.Name(L.MAX_NAME).annotations({ description: "\"<pluginId>/<driverKey>\" or \"<driverKey>\"" }),
+  timeoutMs: opt(L.PositiveMs), ttlMs: opt(L.PositiveMs), reuseLease: opt(Schema.Boolean),
+  onFailure: opt(Schema.Literal("release", "destroy")), env: opt(VarMap)
+}, Schema.Record({ key: Schema.String, value: Schema.Unknown }))
+const Description = Schema.NullOr(Schema.String.pipe(Schema.maxLength(L.MAX_DESCRIPTION)))
+
 // ---- params ----
 const companyId = HttpApiSchema.param("companyId", Schema.String)
 const id = HttpApiSchema.param("id", Schema.String)
@@ -92,13 +118,13 @@ export class HealthGroup extends HttpApiGroup.make("health")
 
 export class CompaniesGroup extends HttpApiGroup.make("companies")
   .add((HttpApiEndpoint.get("list", "/api/companies").addSuccess(Schema.Array(Company))))
-  .add((HttpApiEndpoint.post("create", "/api/companies").setPayload(strict(Schema.Struct({ name: Schema.String, id: opt(Schema.String) }))).addSuccess(Company, { status: 201 })))
+  .add((HttpApiEndpoint.post("create", "/api/companies").setPayload(strict(Schema.Struct({ name: L.Name(L.MAX_COMPANY_NAME), id: opt(L.CompanyId) }))).addSuccess(Company, { status: 201 })))
   .add((HttpApiEndpoint.get("get")`/api/companies/${companyId}`.addSuccess(Company)))
   .add((HttpApiEndpoint.put("setDefaultEnvironment")`/api/companies/${companyId}/default-environment`
-    .setPayload(strict(Schema.Struct({ environmentId: Schema.NullOr(Schema.String) }))).addSuccess(Company)))
+    .setPayload(strict(Schema.Struct({ environmentId: Schema.NullOr(L.Id) }))).addSuccess(Company)))
   .add((HttpApiEndpoint.post("createToken")`/api/companies/${companyId}/tokens`
     .setPayload(strict(Schema.Struct({
-      name: opt(Schema.String.pipe(Schema.maxLength(200))),
+      name: opt(L.Name(L.MAX_NAME)),
       role: opt(Schema.Literal("company", "company-read")),
       expiresAt: opt(Schema.String.annotations({ description: "ISO 8601 date-time in the future; the token stops working then" }))
     }))).addSuccess(TokenWithValue, { status: 201 })))
@@ -130,9 +156,9 @@ export class OperatorGroup extends HttpApiGroup.make("operator")
 export class SecretsGroup extends HttpApiGroup.make("secrets")
   .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/secrets`.addSuccess(Schema.Array(Secret))))
   .add((HttpApiEndpoint.post("create")`/api/companies/${companyId}/secrets`
-    .setPayload(strict(Schema.Struct({ name: Schema.String, value: Schema.String }))).addSuccess(Secret, { status: 201 })))
+    .setPayload(strict(Schema.Struct({ name: L.SecretName, value: L.SecretValue }))).addSuccess(Secret, { status: 201 })))
   .add((HttpApiEndpoint.post("rotate")`/api/companies/${companyId}/secrets/${id}/rotate`
-    .setPayload(strict(Schema.Struct({ value: Schema.String }))).addSuccess(Secret)))
+    .setPayload(strict(Schema.Struct({ value: L.SecretValue }))).addSuccess(Secret)))
   .add((HttpApiEndpoint.get("get")`/api/companies/${companyId}/secrets/${id}`.addSuccess(Secret)))
   .add((HttpApiEndpoint.del("delete")`/api/companies/${companyId}/secrets/${id}`.addSuccess(Schema.Struct({ deleted: Schema.Boolean }))))
   .middleware(Authentication) {}
@@ -148,7 +174,7 @@ export class PluginsGroup extends HttpApiGroup.make("plugins")
   .add((HttpApiEndpoint.get("get")`/api/plugins/${pluginId}`.addSuccess(Plugin)))
   .add((HttpApiEndpoint.post("enable")`/api/plugins/${pluginId}/enable`.addSuccess(Plugin)))
   .add((HttpApiEndpoint.post("disable")`/api/plugins/${pluginId}/disable`.addSuccess(Plugin)))
-  .add((HttpApiEndpoint.get("logs")`/api/plugins/${pluginId}/logs`.setUrlParams(Schema.Struct({ limit: opt(Schema.NumberFromString) }))
+  .add((HttpApiEndpoint.get("logs")`/api/plugins/${pluginId}/logs`.setUrlParams(Schema.Struct({ limit: opt(L.LimitParam) }))
     .addSuccess(Schema.Array(Schema.Struct({ at: Schema.String, level: Schema.String, message: Schema.String, meta: opt(Json) })))))
   .add((HttpApiEndpoint.get("getConfig")`/api/plugins/${pluginId}/companies/${companyId}/config`.addSuccess(JsonObject)))
   .add((HttpApiEndpoint.put("putConfig")`/api/plugins/${pluginId}/companies/${companyId}/config`.setPayload(JsonObject)
@@ -170,10 +196,15 @@ export class WebhooksGroup extends HttpApiGroup.make("webhooks")
   .add((HttpApiEndpoint.post("deliver")`/api/plugins/${pluginId}/webhooks/${HttpApiSchema.param("endpointKey", Schema.String)}`
     .addSuccess(Schema.Struct({ ok: Schema.Boolean, requestId: Schema.String }), { status: 202 }))) {}
 
-const EnvironmentCreate = strict(Schema.Struct({
-  name: Schema.String, description: opt(Schema.NullOr(Schema.String)), driver: Schema.Literal("local", "sandbox"), config: opt(JsonObject)
+const EnvironmentCreate = Schema.Union(
+  strict(Schema.Struct({ name: L.Name(L.MAX_NAME), description: opt(Description), driver: Schema.Literal("local"), config: opt(LocalConfig) })),
+  strict(Schema.Struct({ name: L.Name(L.MAX_NAME), description: opt(Description), driver: Schema.Literal("sandbox"), config: SandboxConfig }))
+)
+/** The config's rules depend on the environment's driver (see EnvironmentCreate); the server checks them against it. */
+const EnvironmentPatch = strict(Schema.Struct({
+  name: opt(L.Name(L.MAX_NAME)), description: opt(Description),
+  config: opt(Schema.Union(LocalConfig, SandboxConfig).annotations({ description: "a local config for a local environment, a sandbox config for a sandbox one" }))
 }))
-const EnvironmentPatch = strict(Schema.Struct({ name: opt(Schema.String), description: opt(Schema.NullOr(Schema.String)), config: opt(JsonObject) }))
 const ProbeReport = Schema.Struct({
   ok: Schema.Boolean, summary: Schema.String,
   steps: Schema.Array(Schema.Struct({ step: Schema.String, ok: Schema.Boolean, ms: Schema.Number, detail: opt(Schema.String) })),
@@ -192,13 +223,14 @@ export class EnvironmentsGroup extends HttpApiGroup.make("environments")
   .middleware(Authentication)
   .annotate(OpenApi.Description, "Local environments are created, changed, archived and deleted with the admin token only (403 operator_only). A company config may not set a provider's operator fields (422, field named). Another company's environment answers 404.") {}
 
+const Command = Schema.String.pipe(Schema.minLength(1), Schema.maxLength(L.MAX_COMMAND))
 const AgentCreate = strict(Schema.Struct({
-  name: Schema.String, command: Schema.String, args: opt(Schema.Array(Schema.String)), env: opt(JsonObject),
-  defaultEnvironmentId: opt(Schema.NullOr(Schema.String)), heartbeat: opt(Schema.NullOr(Json)), timeoutMs: opt(Schema.Number)
+  name: L.Name(L.MAX_NAME), command: Command, args: opt(Schema.Array(Schema.String)), env: opt(AgentEnv),
+  defaultEnvironmentId: opt(Schema.NullOr(L.Id)), heartbeat: opt(Schema.NullOr(Heartbeat)), timeoutMs: opt(L.AgentTimeoutMs)
 }))
 const AgentPatch = strict(Schema.Struct({
-  name: opt(Schema.String), command: opt(Schema.String), args: opt(Schema.Array(Schema.String)), env: opt(JsonObject),
-  defaultEnvironmentId: opt(Schema.NullOr(Schema.String)), heartbeat: opt(Schema.NullOr(Json)), timeoutMs: opt(Schema.Number)
+  name: opt(L.Name(L.MAX_NAME)), command: opt(Command), args: opt(Schema.Array(Schema.String)), env: opt(AgentEnv),
+  defaultEnvironmentId: opt(Schema.NullOr(L.Id)), heartbeat: opt(Schema.NullOr(Heartbeat)), timeoutMs: opt(L.AgentTimeoutMs)
 }))
 export class AgentsGroup extends HttpApiGroup.make("agents")
   .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/agents`.addSuccess(Schema.Array(Agent))))
@@ -206,17 +238,21 @@ export class AgentsGroup extends HttpApiGroup.make("agents")
   .add((HttpApiEndpoint.get("get")`/api/agents/${id}`.addSuccess(Agent)))
   .add((HttpApiEndpoint.patch("patch")`/api/agents/${id}`.setPayload(AgentPatch).addSuccess(Agent)))
   .add((HttpApiEndpoint.put("setDefaultEnvironment")`/api/agents/${id}/default-environment`
-    .setPayload(strict(Schema.Struct({ environmentId: Schema.NullOr(Schema.String) }))).addSuccess(Agent)))
+    .setPayload(strict(Schema.Struct({ environmentId: Schema.NullOr(L.Id) }))).addSuccess(Agent)))
   .add((HttpApiEndpoint.del("delete")`/api/agents/${id}`.addSuccess(Schema.Struct({ deleted: Schema.Boolean }))))
   .middleware(Authentication) {}
 
 export class RunsGroup extends HttpApiGroup.make("runs")
   .add((HttpApiEndpoint.post("start")`/api/agents/${id}/runs`
-    .setPayload(strict(Schema.Struct({ environmentId: opt(Schema.NullOr(Schema.String)), env: opt(StringMap) }))).addSuccess(Run, { status: 201 })))
-  .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/runs`.setUrlParams(Schema.Struct({ agentId: opt(Schema.String), limit: opt(Schema.NumberFromString) })).addSuccess(Schema.Array(Run))))
+    .setPayload(strict(Schema.Struct({ environmentId: opt(Schema.NullOr(L.Id)), env: opt(Schema.Record({ key: L.CallerVarName, value: Schema.String })) }))).addSuccess(Run, { status: 201 })))
+  .add((HttpApiEndpoint.get("list")`/api/companies/${companyId}/runs`.setUrlParams(Schema.Struct({ agentId: opt(Schema.String), limit: opt(L.LimitParam) })).addSuccess(Schema.Array(Run))))
   .add((HttpApiEndpoint.get("get")`/api/runs/${id}`.addSuccess(Run)))
   .add((HttpApiEndpoint.post("cancel")`/api/runs/${id}/cancel`.addSuccess(Run)))
-  .add((HttpApiEndpoint.get("output")`/api/runs/${id}/output`.addSuccess(Schema.String.pipe(HttpApiSchema.withEncoding({ kind: "Text", contentType: "text/event-stream" })))))
+  .add((HttpApiEndpoint.get("output")`/api/runs/${id}/output`.addSuccess(Schema.String.pipe(HttpApiSchema.withEncoding({ kind: "Text", contentType: "text/event-stream" })).annotations({ description: sseDescription }))
+    .annotate(OpenApi.Transform, (op) => ({
+      ...op,
+      "x-sse-events": Object.fromEntries(Object.entries(RunOutputEvents).map(([event, schema]) => [event, JSONSchema.make(schema)]))
+    }))))
   .add((HttpApiEndpoint.get("leases")`/api/runs/${id}/leases`.addSuccess(Schema.Array(Lease))))
   .middleware(Authentication) {}
 
@@ -244,6 +280,8 @@ export class GantryApi extends HttpApi.make("gantry")
   .addError(Forbidden)
   .addError(NotFound)
   .addError(Conflict)
+  .addError(PayloadTooLarge)
+  .addError(UnsupportedMediaType)
   .addError(Unprocessable)
   .addError(TooManyRequests)
   .addError(NotImplementedError)
@@ -254,4 +292,4 @@ export class GantryApi extends HttpApi.make("gantry")
   .annotate(OpenApi.Title, "Gantry API")
   .annotate(OpenApi.Description, "Plugin host and sandbox environments for AI-agent control planes. Errors: {error: {code, message, details?}}.") {}
 
-export { BadGateway, BadRequest, Conflict, Forbidden, GatewayTimeout, Internal, NotFound, NotImplementedError, TooManyRequests, Unauthorized, Unavailable, Unprocessable }
+export { BadGateway, BadRequest, Conflict, Forbidden, GatewayTimeout, Internal, NotFound, NotImplementedError, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, Unprocessable, UnsupportedMediaType }

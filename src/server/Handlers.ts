@@ -22,7 +22,7 @@ import { Runs, type RunOutput } from "../work/Runs.js"
 import { Runtime } from "../work/Runtime.js"
 import { GantryApi } from "./Api.js"
 import { ApiTokens, CurrentActor, requireAdmin, requireCompany, requireOwner, type TokenInfo } from "./Auth.js"
-import { api, apiError } from "./errors.js"
+import { api, apiError, toApiError } from "./errors.js"
 
 const bearerOf = Effect.map(HttpServerRequest.HttpServerRequest, (req) => (req.headers.authorization ?? "").replace(/^Bearer\s+/i, ""))
 
@@ -158,6 +158,39 @@ const SecretsLive = HttpApiBuilder.group(GantryApi, "secrets", (h) =>
 const pluginView = (admin: boolean) => (p: PluginSnapshot) =>
   admin ? p : { pluginId: p.pluginId, version: p.version, displayName: p.displayName, status: p.status, capabilities: p.capabilities }
 
+/** A plugin stopped by its state (disabled, failed, stopped) answers 409 with that state; a worker
+ * between states (starting, restarting) is the host's condition and stays a 503. */
+const requireRunning = (pluginId: string) =>
+  Effect.gen(function* () {
+    const s = yield* api((yield* PluginHost).status(pluginId))
+    if (s.workerStatus === "running") return
+    if (s.status === "disabled" || s.status === "error" || s.workerStatus === "stopped" || s.workerStatus === "crashed") {
+      return yield* Effect.fail(apiError(409, "plugin_not_running", `plugin "${pluginId}" is not running (status ${s.status}, worker ${s.workerStatus})`,
+        { status: s.status, workerStatus: s.workerStatus }))
+    }
+  })
+
+/** Whether a plugin call failed because the worker has no handler for `key`. Gantry's SDK says so in
+ * `data.reason`; a Paperclip-SDK worker only in its message, which names the key — matched exactly. */
+const isUnknownKey = (kind: "data" | "action", key: string) => (e: unknown) => {
+  const err = e as { code?: unknown; message?: unknown; data?: unknown }
+  if (err?.code !== -32002) return false
+  const data = err.data as { reason?: unknown; key?: unknown } | undefined
+  return (data?.reason === "unknown_key" && data.key === key) || err.message === `No ${kind} handler registered for key "${key}"`
+}
+
+/** Call a plugin's data/action handler: an unknown key is a 404, a plugin not running a 409. */
+const callKeyed = (kind: "data" | "action", pluginId: string, key: string, call: Effect.Effect<unknown, unknown, PluginHost>) =>
+  Effect.gen(function* () {
+    yield* requireRunning(pluginId)
+    return yield* call.pipe(
+      Effect.catchIf(isUnknownKey(kind, key), () => Effect.fail(apiError(404, `${kind}_key_not_found`, `plugin "${pluginId}" has no ${kind} handler "${key}"`))),
+      // stopped while the call was on its way: answer with the state it is in now
+      Effect.catchIf((e: unknown) => (e as { _tag?: unknown })?._tag === "WorkerUnavailable", (e) => Effect.zipRight(requireRunning(pluginId), Effect.fail(e))),
+      Effect.mapError(toApiError)
+    )
+  })
+
 const PluginsLive = HttpApiBuilder.group(GantryApi, "plugins", (h) =>
   h
     .handle("list", () => Effect.gen(function* () {
@@ -237,17 +270,18 @@ const PluginsLive = HttpApiBuilder.group(GantryApi, "plugins", (h) =>
       Effect.gen(function* () {
         yield* requireCompany(path.companyId)
         yield* api((yield* Companies).get(path.companyId))
-        return yield* api((yield* PluginHost).call(path.pluginId, "getData", { key: path.key, companyId: path.companyId, params: payload.params ?? {} }, { companyId: path.companyId }))
+        return yield* callKeyed("data", path.pluginId, path.key,
+          Effect.flatMap(PluginHost, (h) => h.call(path.pluginId, "getData", { key: path.key, companyId: path.companyId, params: payload.params ?? {} }, { companyId: path.companyId })))
       }))
     .handle("action", ({ path, payload }) =>
       Effect.gen(function* () {
         const actor = yield* CurrentActor
         yield* requireCompany(path.companyId)
         yield* api((yield* Companies).get(path.companyId))
-        return yield* api((yield* PluginHost).call(path.pluginId, "performAction", {
+        return yield* callKeyed("action", path.pluginId, path.key, Effect.flatMap(PluginHost, (h) => h.call(path.pluginId, "performAction", {
           key: path.key, companyId: path.companyId, params: payload.params ?? {},
           actorContext: { type: "user", userId: actor.kind === "admin" ? "admin" : null, companyId: path.companyId }
-        }, { companyId: path.companyId }))
+        }, { companyId: path.companyId })))
       })))
 
 const MAX_WEBHOOK_BYTES = 1024 * 1024
@@ -265,7 +299,7 @@ const WebhooksLive = HttpApiBuilder.group(GantryApi, "webhooks", (h) =>
       if (!(info.manifest.webhooks ?? []).some((w) => w.endpointKey === path.endpointKey)) {
         return yield* Effect.fail(apiError(404, "webhook_not_found", `plugin "${path.pluginId}" declares no webhook "${path.endpointKey}"`))
       }
-      if (status.workerStatus !== "running") return yield* Effect.fail(apiError(503, "worker_unavailable", `plugin "${path.pluginId}" is not running (${status.workerStatus})`))
+      if (status.workerStatus !== "running") yield* requireRunning(path.pluginId)
       const req = yield* HttpServerRequest.HttpServerRequest
       const rawBody = yield* req.text.pipe(Effect.mapError(() => apiError(400, "bad_request", "could not read the request body")))
       if (Buffer.byteLength(rawBody) > MAX_WEBHOOK_BYTES) return yield* Effect.fail(apiError(413, "payload_too_large", `webhook bodies are limited to ${MAX_WEBHOOK_BYTES} bytes`))

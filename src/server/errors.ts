@@ -22,7 +22,9 @@ export class Unauthorized extends make("Unauthorized", 401) {}
 export class Forbidden extends make("Forbidden", 403) {}
 export class NotFound extends make("NotFound", 404) {}
 export class Conflict extends make("Conflict", 409) {}
+export class MethodNotAllowed extends make("MethodNotAllowed", 405) {}
 export class PayloadTooLarge extends make("PayloadTooLarge", 413) {}
+export class UnsupportedMediaType extends make("UnsupportedMediaType", 415) {}
 export class Unprocessable extends make("Unprocessable", 422) {}
 export class TooManyRequests extends make("TooManyRequests", 429) {}
 export class NotImplementedError extends make("NotImplemented", 501) {}
@@ -32,14 +34,14 @@ export class GatewayTimeout extends make("GatewayTimeout", 504) {}
 export class Internal extends make("Internal", 500) {}
 
 export type ApiError =
-  | BadRequest | Unauthorized | Forbidden | NotFound | Conflict | PayloadTooLarge | Unprocessable
+  | BadRequest | Unauthorized | Forbidden | NotFound | MethodNotAllowed | Conflict | PayloadTooLarge | UnsupportedMediaType | Unprocessable
   | TooManyRequests | NotImplementedError | BadGateway | Unavailable | GatewayTimeout | Internal
 
 /** Every error an authenticated endpoint may answer with. */
 export const CommonErrors = [BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Unprocessable, TooManyRequests, NotImplementedError, BadGateway, Unavailable, GatewayTimeout, Internal] as const
 
 const byStatus: Record<number, new (p: { error: any }) => ApiError> = {
-  400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
+  400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed, 409: Conflict, 413: PayloadTooLarge, 415: UnsupportedMediaType,
   422: Unprocessable, 429: TooManyRequests, 501: NotImplementedError, 502: BadGateway, 503: Unavailable, 504: GatewayTimeout, 500: Internal
 }
 
@@ -59,7 +61,7 @@ const rpcStatus: Record<number, number> = {
 /** Map any domain error (tagged, with a `status` getter, or a JSON-RPC error with `code`) to the API format. */
 export const toApiError = (e: unknown): ApiError => {
   if (e instanceof BadRequest || e instanceof Unauthorized || e instanceof Forbidden || e instanceof NotFound || e instanceof Conflict ||
-    e instanceof PayloadTooLarge || e instanceof Unprocessable || e instanceof TooManyRequests || e instanceof NotImplementedError ||
+    e instanceof MethodNotAllowed || e instanceof PayloadTooLarge || e instanceof UnsupportedMediaType || e instanceof Unprocessable || e instanceof TooManyRequests || e instanceof NotImplementedError ||
     e instanceof BadGateway || e instanceof Unavailable || e instanceof GatewayTimeout || e instanceof Internal) return e
   const err = e as { _tag?: string; status?: unknown; code?: unknown; message?: unknown; errors?: unknown; problems?: unknown; data?: unknown }
   const tag = typeof err?._tag === "string" ? err._tag : "Error"

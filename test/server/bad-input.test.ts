@@ -103,7 +103,7 @@ for (const db of testDbs) {
             { name: "data params not an object", method: "POST", path: `/api/plugins/server-webhooks/companies/${c}/data/deliveries`, options: json({ params: "x" }), status: 400, code: "invalid_request", detailsPath: ["params"] },
             { name: "limit not a number", method: "GET", path: `/api/companies/${c}/runs?limit=abc`, status: 400, code: "invalid_request", detailsPath: ["limit"] },
             { name: "includeArchived not a boolean", method: "GET", path: `/api/companies/${c}/environments?includeArchived=maybe`, status: 400, code: "invalid_request", detailsPath: ["includeArchived"] },
-            { name: "JSON sent as text/plain", method: "POST", path: "/api/companies", options: raw(`{"name":"x"}`, "text/plain"), status: 400, code: "invalid_request" },
+            { name: "JSON sent as text/plain", method: "POST", path: "/api/companies", options: raw(`{"name":"x"}`, "text/plain"), status: 415, code: "unsupported_media_type" },
             // unknown fields
             { name: "unknown company field", method: "POST", path: "/api/companies", options: json({ name: "x", plan: "gold" }), status: 400, code: "invalid_request", detailsPath: ["plan"] },
             { name: "unknown agent field", method: "POST", path: `/api/companies/${c}/agents`, options: json({ name: "b", command: "true", shell: true }), status: 400, code: "invalid_request", detailsPath: ["shell"] },
@@ -152,14 +152,14 @@ for (const db of testDbs) {
             { name: "webhook of an unknown plugin", method: "POST", path: "/api/plugins/nope/webhooks/inbound", options: json({}), status: 404, code: "plugin_not_found" },
             { name: "undeclared webhook", method: "POST", path: "/api/plugins/server-webhooks/webhooks/nope", options: json({ a: 1 }), status: 404, code: "webhook_not_found" },
             { name: "unknown route", method: "GET", path: "/api/nope", status: 404, code: "not_found" },
-            { name: "wrong method", method: "DELETE", path: "/api/companies", status: 404, code: "not_found" },
+            { name: "wrong method", method: "DELETE", path: "/api/companies", status: 405, code: "method_not_allowed" },
             // well-formed but refused by the domain (SPEC §14)
             { name: "archived environment", method: "POST", path: `/api/agents/${agent.id}/runs`, options: json({ environmentId: archived.id }), status: 422, code: "run_invalid" },
-            { name: "GANTRY_* run variable", method: "POST", path: `/api/agents/${agent.id}/runs`, options: json({ env: { GANTRY_RUN_ID: "x" } }), status: 422, code: "run_invalid" },
-            { name: "GANTRY_* agent variable", method: "POST", path: `/api/companies/${c}/agents`, options: json({ name: "b", command: "true", env: { GANTRY_X: "1" } }), status: 422, code: "agent_invalid" },
+            { name: "GANTRY_* run variable", method: "POST", path: `/api/agents/${agent.id}/runs`, options: json({ env: { GANTRY_RUN_ID: "x" } }), status: 400, code: "invalid_request" },
+            { name: "GANTRY_* agent variable", method: "POST", path: `/api/companies/${c}/agents`, options: json({ name: "b", command: "true", env: { GANTRY_X: "1" } }), status: 400, code: "invalid_request" },
             { name: "unknown sandbox provider", method: "POST", path: `/api/companies/${c}/environments`, options: json({ name: "sb", driver: "sandbox", config: { provider: "nope/x" } }), status: 422, code: "environment_invalid" },
             { name: "duplicate environment name", method: "POST", path: `/api/companies/${c}/environments`, options: json({ name: "local-1", driver: "local" }), status: 409, code: "environment_conflict" },
-            { name: "empty secret value", method: "POST", path: `/api/companies/${c}/secrets`, options: json({ name: "n", value: "" }), status: 422, code: "secret_invalid" },
+            { name: "empty secret value", method: "POST", path: `/api/companies/${c}/secrets`, options: json({ name: "n", value: "" }), status: 400, code: "invalid_request", detailsPath: ["value"] },
             { name: "config failing its schema", method: "PUT", path: `/api/plugins/server-webhooks/companies/${c}/config`, options: json({ label: "x".repeat(41) }), status: 422, code: "config_invalid" }
           ]
 

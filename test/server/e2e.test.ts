@@ -231,7 +231,7 @@ describe("gantry serve, end to end over HTTP", () => {
     expect(events.at(-1)).toMatchObject({ event: "end", data: { status: "cancelled" } })
   }, 30_000)
 
-  it("webhooks reach the plugin with the raw body; undeclared → 404, no webhooks.receive → 403, worker down → 503", async () => {
+  it("webhooks reach the plugin with the raw body; undeclared → 404, no webhooks.receive → 403, disabled → 409", async () => {
     const deliveries = async () => ok(await admin.post(`/api/plugins/server-webhooks/companies/${s.a}/data/deliveries`, {})) as Array<any>
     expect(await deliveries()).toEqual([])
 
@@ -255,7 +255,9 @@ describe("gantry serve, end to end over HTTP", () => {
     expectError(await anon.post("/api/plugins/no-such-plugin/webhooks/inbound", { x: 1 }), 404, "plugin_not_found")
 
     expect(ok(await admin.post("/api/plugins/server-webhooks/disable")).status).toBe("disabled")
-    expectError(await anon.post("/api/plugins/server-webhooks/webhooks/inbound", { x: 1 }), 503, "worker_unavailable")
+    // the operator disabled it: a 409 naming its state (SPEC §14)
+    const disabled = expectError(await anon.post("/api/plugins/server-webhooks/webhooks/inbound", { x: 1 }), 409, "plugin_not_running")
+    expect(disabled.details).toEqual({ status: "disabled", workerStatus: "stopped" })
     expect(ok(await admin.post("/api/plugins/server-webhooks/enable")).workerStatus).toBe("running")
     // the refused deliveries reached nothing
     expect(await deliveries()).toHaveLength(2)
