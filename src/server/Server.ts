@@ -73,7 +73,7 @@ const errorCodeOf = (res: HttpServerResponse.HttpServerResponse) => {
 /** Failures that did not come from a handler (decode errors, unknown routes, refused or oversized
  * bodies, defects) answer in the API's error format too; every error answer is logged with the
  * request id, which the response carries as `X-Request-Id`. */
-const errorFormat = (app: HttpApp.Default): HttpApp.Default =>
+const errorFormat = (app: HttpApp.Default) =>
   HttpIncomingMessage.withMaxBodySize(
     Effect.gen(function* () {
       const original = yield* HttpServerRequest.HttpServerRequest
