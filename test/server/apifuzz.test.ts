@@ -20,8 +20,9 @@ let tree: Array<number> = []
 beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "gantry-fuzz-"))
   await preinstallPlugin(fixtureDir("server-webhooks"), { dataDir })
-  server = await startServer({ dataDir })
-}, 60_000)
+  // a loaded machine can take a while to start a server with its plugins
+  server = await startServer({ dataDir, startTimeoutMs: 120_000 })
+}, 180_000)
 
 afterAll(async () => {
   tree = server ? descendants(server.pid) : []

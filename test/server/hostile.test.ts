@@ -104,7 +104,8 @@ beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "gantry-hostile-"))
   await preinstallPlugin(fixture("paperclip-basic"), { dataDir })
   await preinstallPlugin(fixture("server-webhooks"), { dataDir })
-  server = await startServer({ dataDir })
+  // a loaded machine can take a while to start a server with its plugins
+  server = await startServer({ dataDir, startTimeoutMs: 120_000 })
   const admin = client(server.url, server.adminToken)
   await waitFor("the plugins to run", async () => {
     const plugins = ok(await admin.get("/api/plugins")) as Array<{ pluginId: string; workerStatus: string }>
@@ -116,7 +117,7 @@ beforeAll(async () => {
   ok(await admin.post(`/api/companies/${s.company}/secrets`, { name: "s", value: "kept" }), 201)
   ok(await admin.post("/api/plugins/hello-effect/disable"))
   tree = descendants(server.pid)
-}, 120_000)
+}, 240_000)
 
 afterAll(async () => {
   if (server) await stopServer(server)
