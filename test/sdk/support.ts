@@ -1,6 +1,6 @@
 // Shared by the SDK package and scaffold tests: pack the SDK once per test file, a temp folder outside
 // the repository, npm installs that reuse the machine's npm cache, commands with their output.
-import { execFileSync, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import { mkdtempSync, realpathSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, relative } from "node:path"
@@ -37,16 +37,17 @@ export const mustRun = async (command: string, args: ReadonlyArray<string>, o: {
   return r.stdout
 }
 
-/** `npm run pack:sdk`'s script, packing into `dir` (test files running at once must not share dist/): the tarball's path. */
-export const packSdk = (dir: string): string => {
-  const out = execFileSync(process.execPath, [join(root, "scripts", "pack-sdk.mjs"), "--quiet", "--out", dir], { cwd: root, encoding: "utf8" }).trim().split("\n")
+/** `npm run pack:sdk`'s script, packing into `dir` (test files running at once must not share dist/): the
+ * tarball's path. Asynchronous: a test worker whose event loop blocks for long loses its runner. */
+export const packSdk = async (dir: string): Promise<string> => {
+  const out = (await mustRun(process.execPath, [join(root, "scripts", "pack-sdk.mjs"), "--quiet", "--out", dir], { cwd: root })).trim().split("\n")
   return out[out.length - 1]!
 }
 
 /** `npm pack` of this repository's own effect (the SDK's one dependency) into `dir`: installs then
  * need no registry for it. */
-export const packEffect = (dir: string): string => {
-  const name = execFileSync("npm", ["pack", join(root, "node_modules", "effect"), "--silent", "--pack-destination", dir], { cwd: dir, encoding: "utf8" }).trim()
+export const packEffect = async (dir: string): Promise<string> => {
+  const name = (await mustRun("npm", ["pack", join(root, "node_modules", "effect"), "--silent", "--pack-destination", dir], { cwd: dir })).trim()
   return join(dir, name)
 }
 

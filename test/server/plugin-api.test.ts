@@ -24,7 +24,7 @@ beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "gantry-plugin-api-"))
   await preinstallPlugin(fixture("api-routes"), { dataDir })
   await preinstallPlugin(fixture("paperclip-api"), { dataDir })
-  server = await startServer({ dataDir, env: { GANTRY_PLUGIN_API_TIMEOUT_MS: "2000" } })
+  server = await startServer({ dataDir, env: { GANTRY_PLUGIN_API_TIMEOUT_MS: "2000" }, startTimeoutMs: 120_000 })
   admin = client(server.url, server.adminToken)
   for (const id of ["api-routes", "paperclip-api", "hello-promise"]) {
     await waitFor(`${id} running`, async () => (await admin.get(`/api/plugins/${id}`)).body?.workerStatus === "running", 60_000)
@@ -32,7 +32,7 @@ beforeAll(async () => {
   acme = ok(await admin.post("/api/companies", { name: "acme" }), 201).id
   globex = ok(await admin.post("/api/companies", { name: "globex" }), 201).id
   acmeToken = ok(await admin.post(`/api/companies/${acme}/tokens`, { name: "acme-app" }), 201).token
-}, 120_000)
+}, 300_000)
 
 afterAll(async () => {
   if (server) await stopServer(server)
