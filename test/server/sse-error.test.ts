@@ -4,7 +4,7 @@
 import { HttpServer } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Effect, Layer } from "effect"
+import { Clock, Effect, Layer, Runtime } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -34,8 +34,9 @@ describe("run output over SSE", () => {
       yield* sql`INSERT INTO runs (id, company_id, agent_id, status, trigger, created_at, started_at, owner_instance_id, extra_env)
         VALUES ('run-elsewhere', ${co.id}, ${agent.id}, 'running', 'manual', ${now}, ${now}, 'elsewhere', '{}')`
       yield* sql`INSERT INTO run_logs (run_id, at, stream, chunk) VALUES ('run-elsewhere', ${now}, 'stdout', 'first line\n')`
+      const runPromise = Runtime.runPromise(yield* Effect.runtime<never>())
       const events = yield* Effect.promise(() => readSse(base, "/api/runs/run-elsewhere/output", token, async (e) => {
-        if (e.event === "stdout") await Effect.runPromise(Effect.orDie(sql`ALTER TABLE run_logs RENAME TO run_logs_gone`))
+        if (e.event === "stdout") await runPromise(Effect.orDie(sql`ALTER TABLE run_logs RENAME TO run_logs_gone`))
         return e.event === "error" || e.event === "end"
       }, 20_000))
       expect(events.map((e) => e.event)).toEqual(["stdout", "error"])
