@@ -128,6 +128,8 @@ export const sandboxArgs = (o: {
   const tsx = o.entry.endsWith(".ts") || o.execArgv.some((a) => a.includes("tsx"))
   if (tsx) for (const p of ["src", "node_modules", "package.json", "tsconfig.json"]) ro(join(gantryRoot, p))
   for (const h of o.hidden) {
+    // a path that does not exist has nothing to hide (and a mount point cannot be made in a read-only bind)
+    if (!existsSync(h)) continue
     const r = real(h)
     if (ops.some((op) => op.kind === "ro" && inside(r, op.path) && r !== op.path)) ops.push({ kind: "mask", path: r })
   }
