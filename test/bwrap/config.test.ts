@@ -29,7 +29,11 @@ describe("bwrap-sandbox config and host checks", () => {
     const manifest = JSON.parse(readFileSync(join(bwrapPluginDir, "manifest.json"), "utf8"))
     expect(manifest.environmentDrivers).toHaveLength(1)
     expect(manifest.environmentDrivers[0]).toMatchObject({ driverKey: "bwrap", kind: "sandbox_provider" })
-    expect(manifest.environmentDrivers[0].configSchema).toEqual(JSON.parse(JSON.stringify(Core.CONFIG_SCHEMA)))
+    // the host's operator marks ("x-gantry-operator", README "Who may do what") live in the manifest only
+    const unmarked = (schema: unknown) => JSON.parse(JSON.stringify(schema, (k, v: unknown) => (k === "x-gantry-operator" ? undefined : v)))
+    expect(unmarked(manifest.environmentDrivers[0].configSchema)).toEqual(unmarked(Core.CONFIG_SCHEMA))
+    const props = manifest.environmentDrivers[0].configSchema.properties
+    expect(Object.keys(props).filter((k) => props[k]["x-gantry-operator"] !== undefined).sort()).toEqual(["network", "readOnlyPaths", "runAsGid", "runAsUid", "workspaceRoot"])
   })
 
   it("every bad field is reported with its name; host fields pass through", () => {
