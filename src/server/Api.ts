@@ -83,10 +83,12 @@ const PluginUpgrade = strict(Schema.Struct({
  * `id:` is `seq`, so `Last-Event-ID` resumes), then one `end` event carrying the finished run. */
 export const RunOutputChunk = Schema.Struct({ seq: Schema.Int, stream: Schema.Literal("stdout", "stderr", "system"), chunk: Schema.String })
 export const RunOutputEnd = Run
-export const RunOutputEvents: Record<string, Schema.Schema<any, any>> = { stdout: RunOutputChunk, stderr: RunOutputChunk, system: RunOutputChunk, end: RunOutputEnd }
+/** The last event of a stream that failed: reconnect with Last-Event-ID. */
+export const RunOutputError = Schema.Struct({ error: Schema.Struct({ code: Schema.Literal("stream_failed"), message: Schema.String }) })
+export const RunOutputEvents: Record<string, Schema.Schema<any, any>> = { stdout: RunOutputChunk, stderr: RunOutputChunk, system: RunOutputChunk, end: RunOutputEnd, error: RunOutputError }
 const sseDescription = "Server-Sent Events. Each chunk of output is an event named after its stream (`stdout`, `stderr`, `system`) " +
   "whose `id:` is its `seq` (send `Last-Event-ID` to resume after it) and whose `data:` is a RunOutputChunk; the stream ends with " +
-  "one `end` event whose `data:` is the finished Run. The schema of each event's data is under `x-sse-events`."
+  "one `end` event whose `data:` is the finished Run, or, when the stream fails, one `error` event ({error:{code:\"stream_failed\"}}). The schema of each event's data is under `x-sse-events`."
 
 // ---- payload rules (SPEC §14): the same schemas decode requests and generate the document ----
 const SecretRef = strict(Schema.Struct({ type: Schema.Literal("secret_ref"), secretId: L.Id, version: opt(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))) }))

@@ -162,7 +162,8 @@ const ADMIN = new Set([
   "DELETE /api/plugins/{pluginId}/drivers/{driverKey}/policy",
   "POST /api/plugins/{pluginId}/enable", "POST /api/plugins/{pluginId}/disable", "GET /api/plugins/{pluginId}/logs",
   "POST /api/plugins/{pluginId}/config/test", "GET /api/plugins/{pluginId}/jobs", "GET /api/plugins/{pluginId}/jobs/{jobKey}/runs",
-  "POST /api/plugins/{pluginId}/jobs/{jobKey}/trigger"
+  "POST /api/plugins/{pluginId}/jobs/{jobKey}/trigger",
+  "POST /api/plugins", "POST /api/plugins/{pluginId}/upgrade", "DELETE /api/plugins/{pluginId}"
 ])
 /** Instance-wide reads a company token may make (filtered or reduced to what a company may see). */
 const INSTANCE = new Set(["GET /api/companies", "GET /api/plugins", "GET /api/plugins/{pluginId}"])
@@ -215,6 +216,8 @@ const bodyFor = (r: Route): unknown => {
     case "POST /api/plugins/{pluginId}/companies/{companyId}/data/{key}": return {}
     case "POST /api/plugins/{pluginId}/companies/{companyId}/actions/{key}": return {}
     case "PUT /api/plugins/{pluginId}/drivers/{driverKey}/policy": return { set: { workspaceRoot: "/" } }
+    case "POST /api/plugins": return { source: "/nonexistent/gantry-plugin-source" }
+    case "POST /api/plugins/{pluginId}/upgrade": return { source: "/nonexistent/gantry-plugin-source" }
     case "POST /api/companies/{companyId}/environments": return { name: "intruder", driver: "sandbox", config: { provider: "fake-sandbox/fake" } }
     case "POST /api/companies/{companyId}/environments/probe": return { name: "p", driver: "sandbox", config: { provider: "fake-sandbox/fake" } }
     case "PATCH /api/environments/{id}": return { description: "hijacked" }
@@ -433,11 +436,8 @@ describe("attacks on the HTTP API, each refused and leaving nothing behind", () 
           const token = r.template.startsWith("/api/runtime/") ? undefined : scopeOf(r) === "public" ? undefined : adminToken
           // a plugin without webhooks.receive refuses any endpoint key before looking it up (403), unless
           // the raw path no longer matches the route (404). An unknown data/action key is looked up by
-          // the plugin itself, which answers "no handler" as a worker error today (502; SPEC §14 wants
-          // 404: the API-contract work): refused, nothing changed, but not yet the right status
-          const status = r.template.includes("/webhooks/") && p === "endpointKey" ? [403, 404]
-            : p === "key" ? [404, 502]
-            : 404
+          // the plugin itself, whose "no handler" answer the API maps to 404
+          const status = r.template.includes("/webhooks/") && p === "endpointKey" ? [403, 404] : 404
           attacks.push({ name: `${p} = ${x.label}`, method: r.method, path: fill(r.template, { [p]: x.value }), raw: x.raw, token, body: bodyFor(r), status })
         }
       }
