@@ -288,6 +288,7 @@ const pluginDetails = (p: typeof Plugin.Type) =>
     ["capabilities", p.capabilities.join(", ") || "-"],
     ...(p.inactiveCapabilities?.length ? [["inactive", p.inactiveCapabilities.join(", ")] as const] : []),
     ...(p.supportedMethods !== undefined ? [["methods", p.supportedMethods.join(", ") || "-"] as const] : []),
+    ...(p.source ? [["source", `${p.source.kind} ${p.source.location}${p.source.linked ? " (linked)" : ""}${p.source.sha512 ? ` ${p.source.sha512}` : ""}`] as const] : []),
     ...(p.ignoredFields?.length ? [["ignored fields", p.ignoredFields.join(", ")] as const] : [])
   ])
 

@@ -324,7 +324,11 @@ export const make = Effect.gen(function* () {
           instanceInfo: { instanceId: options.instanceId, hostVersion: options.hostVersion },
           apiVersion: API_VERSION
         }, { timeoutMs: options.initializeTimeoutMs }).pipe(
-          Effect.mapError((err) => new WorkerCrashed(`initialize failed: ${err.message}`))
+          // a worker failing its setup often says why on stderr just before: give that a moment to arrive
+          Effect.catchAll((err) => Effect.zipRight(
+            Effect.ignore(Effect.timeout(transport.exited, Duration.millis(500))),
+            Effect.fail(new WorkerCrashed(`initialize failed: ${err.message}`))
+          ))
         )
         // subscriptions sent during setup (Paperclip workers do not await them) settle, then records
         // this incarnation did not subscribe to are retired
