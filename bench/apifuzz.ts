@@ -13,6 +13,8 @@ import { startServer, stopServer } from "./http.js"
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? "0")
 
 export const apifuzz = async () => {
+  // an npm spec a mutated install body may carry goes to a registry that refuses at once (no network)
+  process.env.npm_config_registry = "http://127.0.0.1:9/"
   const total = Number(process.env.GANTRY_FUZZ_TOTAL ?? 20_000)
   const seed = Number(process.env.GANTRY_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31))
   const perOperation = Math.ceil(total / operations().length)

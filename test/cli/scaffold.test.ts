@@ -14,6 +14,7 @@ import { loadPluginFolder } from "../../src/host/loader.js"
 import * as PluginHost from "../../src/host/PluginHost.js"
 import { childPids, hostLayer, root } from "../helpers.js"
 import { mustRun, npmInstall, outsideDir, packSdk, run } from "../sdk/support.js"
+import { client, startServer, stopServer } from "../server/support.js"
 
 const gantry = (args: ReadonlyArray<string>, cwd: string) =>
   run(process.execPath, [join(root, "bin", "gantry.mjs"), ...args], { cwd, env: { ...process.env, NO_COLOR: "1" } })
@@ -93,6 +94,27 @@ describe("gantry plugins init", () => {
       expect(childPids().filter((p) => !before.includes(p))).toEqual([])
     }, 600_000)
   }
+
+  it("a generated plugin installs into a running server through `gantry plugins install` and is ready", async () => {
+    // box-provider: the other two share their ids with the bundled examples a server installs itself
+    const dir = join(work, "box-provider")
+    if (!existsSync(join(dir, "dist", "worker.js"))) await mustRun("npm", ["run", "build"], { cwd: dir })
+    const before = childPids()
+    const server = await startServer({ dataDir: join(work, "server-data"), startTimeoutMs: 120_000 })
+    try {
+      const env = { ...process.env, NO_COLOR: "1", GANTRY_URL: server.url, GANTRY_TOKEN: server.adminToken! }
+      const r = await run(process.execPath, [join(root, "bin", "gantry.mjs"), "plugins", "install", dir], { cwd: work, env })
+      expect(r.code, r.stdout + r.stderr).toBe(0)
+      expect(r.stdout).toContain("plugin box-provider 0.1.0 installed: ready, worker running")
+      const got = await client(server.url, server.adminToken!).get("/api/plugins/box-provider")
+      expect(got.status).toBe(200)
+      expect(got.body).toMatchObject({ pluginId: "box-provider", status: "ready", workerStatus: "running", mode: "process" })
+      expect(got.body.source).toMatchObject({ kind: "folder", location: dir, linked: false })
+    } finally {
+      await stopServer(server)
+    }
+    expect(childPids().filter((p) => !before.includes(p))).toEqual([])
+  }, 300_000)
 
   it("bad input: a non-empty folder, a folder name that is no plugin id, a bad driver key — an error, nothing written", async () => {
     const taken = join(work, "taken")

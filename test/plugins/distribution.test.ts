@@ -22,6 +22,8 @@ let server: ServerProcess | undefined
 let admin: Client
 let adminToken = ""
 const pkgs: Record<string, string> = {}
+// the provider runs its sandboxes as host processes under sandboxRoot: the operator trusts it (SPEC §16)
+const serverEnv = { GANTRY_PLUGIN_TRUST: `fake-sandbox,bwrap-sandbox,${ID}` }
 const before = childPids()
 
 interface CliResult { readonly code: number | null; readonly stdout: string; readonly stderr: string }
@@ -57,7 +59,7 @@ const runToEnd = async (agentId: string) => {
 beforeAll(async () => {
   for (const v of ["v1", "v2", "v3"]) pkgs[v] = await buildPackage(`paperclip-provider-${v}`)
   await stopBuilds()
-  server = await startServer({ dataDir })
+  server = await startServer({ dataDir, env: serverEnv })
   adminToken = server.adminToken!
   admin = client(server.url, adminToken)
 }, 120_000)
@@ -162,7 +164,7 @@ describe("a Paperclip-SDK provider installed, upgraded and uninstalled on a runn
 
   it("survives a restart of the server, restored from its copy in the data dir", async () => {
     await stopServer(server!)
-    server = await startServer({ dataDir })
+    server = await startServer({ dataDir, env: serverEnv })
     admin = client(server.url, adminToken)
     const p = await waitFor("the plugin to be running again", async () => {
       const r = ok(await admin.get(`/api/plugins/${ID}`))

@@ -21,7 +21,8 @@ beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "gantry-fuzz-"))
   await preinstallPlugin(fixtureDir("server-webhooks"), { dataDir })
   // a loaded machine can take a while to start a server with its plugins
-  server = await startServer({ dataDir, startTimeoutMs: 120_000 })
+  // an npm spec a mutated install body may carry goes to a registry that refuses at once (no network)
+  server = await startServer({ dataDir, startTimeoutMs: 120_000, env: { npm_config_registry: "http://127.0.0.1:9/" } })
 }, 180_000)
 
 afterAll(async () => {

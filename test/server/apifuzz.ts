@@ -109,7 +109,12 @@ export const requestsFor = (op: Operation, fixture: Fixture): fc.Arbitrary<Gener
       .map((q) => (typeof q === "object" && q !== null ? q as Record<string, unknown> : { limit: q }))
   })
   const hasBody = Option.isSome(endpoint.payloadSchema) && op.method !== "GET"
-  const validBody = Option.match(endpoint.payloadSchema, { onNone: () => fc.constant<unknown>(undefined), onSome: (s) => encodedArbitrary(s) })
+  const generatedBody = Option.match(endpoint.payloadSchema, { onNone: () => fc.constant<unknown>(undefined), onSome: (s) => encodedArbitrary(s) })
+  // a plugin source that is no path is an npm spec, which the server would fetch from the registry:
+  // the fuzzer names local paths that do not exist instead (no network, nothing installed)
+  const validBody = op.id === "plugins.install" || op.id === "plugins.upgrade"
+    ? fc.tuple(generatedBody, fc.stringMatching(/^[a-z0-9]{1,12}$/)).map(([b, name]) => ({ ...(b as object), source: `/nonexistent/gantry-fuzz/${name}` }))
+    : generatedBody
   const valid = fc.record({ path: pathArb, query: validQuery, body: validBody, token }).map(({ path, query, body, token }): GeneratedRequest => ({
     kind: "valid", method: op.method, path: path + encodeQuery(query),
     headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(hasBody ? { "content-type": "application/json" } : {}) },
@@ -194,6 +199,8 @@ const call = async (base: string, method: string, path: string, token: string, b
 export const setupFixture = async (base: string, adminToken: string): Promise<Fixture> => {
   const company = await call(base, "POST", "/api/companies", adminToken, { name: "fuzz" })
   const companyToken = (await call(base, "POST", `/api/companies/${company.id}/tokens`, adminToken, { name: "fuzz" })).token as string
+  // the operator grants the fixture company the local driver (SPEC §16), so its runs may use the host
+  await call(base, "PUT", `/api/companies/${company.id}/local-grant`, adminToken)
   const env = await call(base, "POST", `/api/companies/${company.id}/environments`, adminToken, { name: "local", driver: "local" })
   const agent = await call(base, "POST", `/api/companies/${company.id}/agents`, adminToken, { name: "true", command: "true", defaultEnvironmentId: env.id })
   const secret = await call(base, "POST", `/api/companies/${company.id}/secrets`, adminToken, { name: "s", value: "v" })

@@ -239,6 +239,7 @@ describe("hostile HTTP input", () => {
   it("a run given no stdin gets it closed: `cat` ends on every driver", async () => {
     const admin = client(server!.url, server!.adminToken)
     const c = s.company
+    ok(await admin.put(`/api/companies/${c}/local-grant`))
     const work = mkdtempSync(join(tmpdir(), "gantry-stdin-"))
     // the bwrap sandbox user must reach its workspace root
     chmodSync(work, 0o755)

@@ -9,6 +9,7 @@ import { join } from "node:path"
 import * as App from "../../src/server/App.js"
 import { Agents } from "../../src/work/Agents.js"
 import { Companies } from "../../src/work/Companies.js"
+import { OperatorPolicy } from "../../src/environments/Operator.js"
 import { Runs } from "../../src/work/Runs.js"
 import { PG_URL, testDbs } from "../db.js"
 import { childPids, eventually } from "../helpers.js"
@@ -30,9 +31,10 @@ describe.skipIf(!PG_URL)("cross-replica cancel", () => {
         }))
       const a = yield* replica("a")
       const b = yield* replica("b")
-      const on = <X, E>(ctx: Context.Context<never>, eff: Effect.Effect<X, E, Runs | Agents | Companies>) => Effect.provide(eff, ctx as Context.Context<Runs | Agents | Companies>)
+      const on = <X, E>(ctx: Context.Context<never>, eff: Effect.Effect<X, E, Runs | Agents | Companies | OperatorPolicy>) => Effect.provide(eff, ctx as Context.Context<Runs | Agents | Companies | OperatorPolicy>)
 
       const co = yield* on(b, Effect.flatMap(Companies, (c) => c.create({ name: "replica-co" })))
+      yield* on(b, Effect.flatMap(OperatorPolicy, (o) => o.grantLocal(co.id)))
       const sleeper = yield* on(b, Effect.flatMap(Agents, (ag) => ag.create(co.id, { name: "sleeper", command: "sleep", args: ["30"] })))
       const run = yield* on(b, Effect.flatMap(Runs, (r) => r.start(co.id, sleeper.id)))
       expect(run.status).toBe("running")

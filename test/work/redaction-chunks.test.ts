@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Stream } from "effect"
 import * as RedactorLayer from "../../src/host/capabilities/Redactor.js"
 import { Redactor } from "../../src/host/capabilities/Redactor.js"
+import { OperatorPolicy } from "../../src/environments/Operator.js"
 import { Agents } from "../../src/work/Agents.js"
 import { Companies } from "../../src/work/Companies.js"
 import { Runs } from "../../src/work/Runs.js"
@@ -31,6 +32,7 @@ describe("redaction across chunks", () => {
       Effect.gen(function* () {
         yield* (yield* Redactor).register(SECRET)
         const co = yield* (yield* Companies).create({ name: "redact-co" })
+        yield* (yield* OperatorPolicy).grantLocal(co.id)
         const agent = yield* (yield* Agents).create(co.id, {
           name: "splitter", command: "sh",
           args: ["-c", `printf 'abc-TOPSEC'; sleep 0.4; printf 'RETVALUE42-xyz\\n'; sleep 0.4; printf 'TOPSE'; sleep 0.4; printf 'cond line\\n'`]
