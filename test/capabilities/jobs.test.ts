@@ -11,7 +11,7 @@ import { HostOptions } from "../../src/host/HostOptions.js"
 import * as PluginHost from "../../src/host/PluginHost.js"
 import * as Database from "../../src/store/Database.js"
 import { freshDatabaseUrl, testDbs, type TestDb } from "../db.js"
-import { childPids, durableHostLayer, eventually, fixture } from "../helpers.js"
+import { childPids, durableHostLayer, eventually, fixture, trusting } from "../helpers.js"
 
 const PLUGIN = "jobs-basic"
 type Env = JobScheduler.JobScheduler | PluginHost.PluginHost | SqlClient.SqlClient | HostOptions
@@ -66,7 +66,8 @@ const replica = (url: string, instanceId: string) =>
   JobScheduler.layer.pipe(
     Layer.provideMerge(PluginHost.layer),
     Layer.provideMerge(Capabilities.layerSql),
-    Layer.provideMerge(Layer.mergeAll(HostOptions.layer({ instanceId }), Redactor.layer)),
+    // trusted: a sandboxed worker has its own pid namespace, and the test tells the replicas' workers apart by pid
+    Layer.provideMerge(Layer.mergeAll(HostOptions.layer({ instanceId, ...trusting("jobs-basic") }), Redactor.layer)),
     Layer.provideMerge(Database.layer({ url }))
   )
 
