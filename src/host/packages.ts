@@ -218,12 +218,14 @@ export const extractTarball = (gz: Uint8Array, dest: string): void => {
   checkLinks(dest)
 }
 
-/** Every symlink under `root` resolves inside it (chains included). Throws a list of problems. */
-export const checkLinks = (root: string): void => {
+/** Every symlink under `root` resolves inside it (chains included), names in `skip` left out. Throws a
+ * list of problems. */
+export const checkLinks = (root: string, skip: ReadonlySet<string> = new Set()): void => {
   const real = realpathSync(root)
   const problems: Array<string> = []
   const walk = (dir: string) => {
     for (const name of readdirSync(dir)) {
+      if (skip.has(name)) continue
       const p = join(dir, name)
       const st = lstatSync(p)
       if (st.isSymbolicLink()) {
@@ -246,7 +248,7 @@ export const checkLinks = (root: string): void => {
  * over the copied files (sorted paths, each `path NUL content NUL`; symlinks as `path -> target`). */
 export const copyFolder = (from: string, dest: string): string => {
   const root = realpathSync(from)
-  checkLinksSkipping(root)
+  checkLinks(root, SKIP_IN_FOLDER)
   const hash = createHash("sha512")
   const files: Array<string> = []
   const walk = (dir: string) => {
@@ -286,29 +288,6 @@ export const copyFolder = (from: string, dest: string): string => {
   return `sha512-${hash.digest("base64")}`
 }
 
-/** Like checkLinks, for a source folder (skipping what is not copied). */
-const checkLinksSkipping = (root: string): void => {
-  const problems: Array<string> = []
-  const walk = (dir: string) => {
-    for (const name of readdirSync(dir)) {
-      if (SKIP_IN_FOLDER.has(name)) continue
-      const p = join(dir, name)
-      const st = lstatSync(p)
-      if (st.isSymbolicLink()) {
-        let to: string | undefined
-        try {
-          to = realpathSync(p)
-        } catch {
-          to = undefined
-        }
-        if (to === undefined) problems.push(`${relative(root, p)}: dangling symlink`)
-        else if (!inside(root, to)) problems.push(`${relative(root, p)}: symlink points outside the package (${readlinkSync(p)})`)
-      } else if (st.isDirectory()) walk(p)
-    }
-  }
-  walk(root)
-  if (problems.length > 0) throw problems
-}
 
 /** The worker entry, after symlinks are resolved, must be a file inside the package root. */
 export const entrypointProblem = (root: string, entry: string): { readonly outside: boolean; readonly message: string } | undefined => {
